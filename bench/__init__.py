@@ -1,0 +1,1 @@
+"""Benchmarks: each scenario prints one JSON object."""

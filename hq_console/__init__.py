@@ -1,0 +1,1 @@
+"""The HQ console: web app for HQ staff (calls) and branch staff (booth monitoring)."""

@@ -1,0 +1,1 @@
+"""Code shared by the booth agent, the signaling server and the HQ console."""

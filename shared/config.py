@@ -1,0 +1,138 @@
+"""Configuration models, loaded once in each entry point and passed down.
+
+Each app reads a TOML file (``--config PATH``) and environment variables with its own
+prefix (``EKICHIKA_SIGNALING_``, ``EKICHIKA_CONSOLE_``, ``EKICHIKA_BOOTH_``); the
+environment wins. Timing values are fields so that tests can shrink them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/ekichika.sqlite3"
+
+
+class SignalingConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EKICHIKA_SIGNALING_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    database_url: str = DEFAULT_DATABASE_URL
+    token_secret: str = Field(min_length=16)
+    # Origins allowed to open the staff WebSocket (the console's own origin). Empty: any.
+    allowed_origins: list[str] = []
+    heartbeat_s: float = 10.0  # WebSocket ping interval; no pong within it → dead
+    hello_timeout_s: float = 5.0  # time to send hello after connecting
+    max_message_bytes: int = 128 * 1024
+    ring_timeout_s: float = 20.0
+    max_missed_offers: int = 3  # missed in a row → the staff member is set to away
+    decline_cooldown_s: float = 30.0  # a declined request is not re-offered to them sooner
+    booth_reconnect_grace_s: float = 60.0  # a waiting request survives a booth drop this long
+    staff_reconnect_grace_s: float = 20.0  # a call survives a staff-side drop this long
+    wait_estimate_samples: int = 20  # recent handle times per department
+    wait_estimate_min_samples: int = 3  # fewer → the estimate is "unknown"
+    stun_urls: list[str] = []
+    turn_urls: list[str] = []
+    turn_secret: str | None = None
+    turn_ttl_s: int = 3600
+    languages: list[str] = ["ja", "en"]
+    auto_migrate: bool = True
+
+
+class ConsoleConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EKICHIKA_CONSOLE_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    database_url: str = DEFAULT_DATABASE_URL
+    token_secret: str = Field(min_length=16)
+    cookie_secret: str = Field(min_length=16)
+    # WebSocket URL of signaling as the staff browser reaches it.
+    signaling_url: str = "ws://127.0.0.1:8765/ws/staff"
+    # Signaling tokens are short-lived; the page fetches a fresh one for each (re)connect,
+    # so logging out also stops new signaling connections.
+    token_ttl_s: float = 300
+    session_ttl_s: float = 12 * 3600
+    secure_cookies: bool = False  # set True behind HTTPS
+    auto_migrate: bool = True
+
+
+class DeviceConfig(BaseModel):
+    """Which device implementation each role uses. ``simulated`` needs no hardware."""
+
+    model_config = {"extra": "forbid"}
+
+    camera: str = "simulated"  # or "v4l2:/dev/video0"
+    microphone: str = "simulated"  # or "pulse:default", "alsa:hw:0"
+    speaker: str = "null"  # or "pulse:default", "alsa:default"
+    video_width: int = 640
+    video_height: int = 480
+    video_fps: int = 30
+    tone_hz: float = 1000.0  # simulated microphone tone
+
+
+class BoothConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EKICHIKA_BOOTH_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    booth_id: str
+    credential: str = Field(min_length=8)
+    server_url: str = "ws://127.0.0.1:8765/ws/booth"
+    kiosk_host: str = "127.0.0.1"
+    kiosk_port: int = 8081
+    devices: DeviceConfig = DeviceConfig()
+    default_language: Literal["ja", "en"] = "ja"
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 10.0
+    heartbeat_s: float = 10.0
+    call_connect_timeout_s: float = 20.0  # WebRTC must connect within this
+    ended_screen_s: float = 8.0  # "call ended" screen shows this long, then the start
+    # Restrict WebRTC host candidates to these local addresses (empty: every interface
+    # but loopback). Use it to keep media off a management interface.
+    ice_host_addresses: list[str] = []
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_config(cls: type[S], path: str | Path | None = None, **overrides: Any) -> S:
+    """Build ``cls`` from a TOML file (optional), the environment and ``overrides``.
+
+    Precedence: overrides > environment > file > defaults.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file {p} does not exist") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {p} is not valid TOML: {err}") from err
+
+    # pydantic-settings gives init kwargs priority over the environment; to let the
+    # environment win over the file, read the environment first and merge.
+    class _EnvOnly(cls):  # type: ignore[valid-type, misc]
+        model_config = SettingsConfigDict(**{**cls.model_config, "extra": "ignore"})
+
+    env_values = {k: v for k, v in _env_values(_EnvOnly).items() if v is not None}
+    merged = {**data, **env_values, **overrides}
+    try:
+        return cls(**merged)
+    except ValidationError as err:
+        raise ConfigError(f"invalid {cls.__name__}: {err}") from err
+
+
+def _env_values(cls: type[BaseSettings]) -> dict[str, Any]:
+    from pydantic_settings import EnvSettingsSource
+
+    source = EnvSettingsSource(cls)
+    return dict(source())

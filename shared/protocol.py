@@ -1,0 +1,427 @@
+"""The signaling protocol: every message that crosses a WebSocket, as pydantic models.
+
+Three channels, each a discriminated union on the ``type`` field:
+
+* booth ↔ signaling server: :data:`BoothToServer`, :data:`ServerToBooth`
+* staff browser ↔ signaling server: :data:`StaffToServer`, :data:`ServerToStaff`
+* peer ↔ peer, relayed by the server inside a ``relay`` message: :data:`RelayPayload`
+
+:mod:`shared.wire` is the only place that turns JSON into these models and back.
+``docs/protocol.md`` describes the flow; ``python -m shared.schema`` exports the JSON
+Schema the browser code is checked against.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+# Identifiers are short ASCII tokens; free text has explicit limits so that no message
+# can make the server hold unbounded data.
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Language = Annotated[
+    str, Field(min_length=2, max_length=16, pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]+)*$")
+]
+ShortText = Annotated[str, Field(max_length=200)]
+Note = Annotated[str, Field(max_length=4000)]
+Sdp = Annotated[str, Field(min_length=1, max_length=65536)]
+
+
+class Model(BaseModel):
+    """Base of every protocol model: unknown fields are an error, instances are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------
+# States
+# --------------------------------------------------------------------------------------
+
+
+class StaffState(StrEnum):
+    OFFLINE = "offline"
+    AVAILABLE = "available"
+    RINGING = "ringing"
+    IN_CALL = "in_call"
+    WRAP_UP = "wrap_up"
+    AWAY = "away"
+
+
+class BoothState(StrEnum):
+    OFFLINE = "offline"
+    IDLE = "idle"
+    WAITING = "waiting"
+    IN_CALL = "in_call"
+
+
+class StaffRole(StrEnum):
+    HQ = "hq"  # takes calls
+    BRANCH = "branch"  # watches the booths of a site
+    ADMIN = "admin"
+
+
+class EndReason(StrEnum):
+    HANGUP_BOOTH = "hangup_booth"
+    HANGUP_STAFF = "hangup_staff"
+    BOOTH_LOST = "booth_lost"  # the booth's connection dropped and did not come back
+    STAFF_LOST = "staff_lost"
+    MEDIA_FAILED = "media_failed"  # a peer reported that WebRTC could not connect
+    SERVER_RESTART = "server_restart"
+
+
+class WithdrawReason(StrEnum):
+    CANCELLED = "cancelled"  # the resident cancelled
+    TIMEOUT = "timeout"  # nobody answered within the ring time
+    DECLINED = "declined"
+    BOOTH_LOST = "booth_lost"
+    TAKEN = "taken"
+
+
+class ErrorCode(StrEnum):
+    BAD_JSON = "bad_json"  # not JSON, or not a JSON object
+    BAD_MESSAGE = "bad_message"  # JSON, but not a valid message of this channel
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+    AUTH_REQUIRED = "auth_required"  # first message was not hello
+    AUTH_FAILED = "auth_failed"  # wrong credential, forged token
+    TOKEN_EXPIRED = "token_expired"
+    FORBIDDEN = "forbidden"  # e.g. a branch account trying to take calls
+    OUT_OF_ORDER = "out_of_order"  # valid message, wrong moment (accept without offer…)
+    NOT_IN_SESSION = "not_in_session"  # relay/hang-up for a session the sender is not in
+    UNKNOWN_DEPARTMENT = "unknown_department"
+    DUPLICATE_CONNECTION = "duplicate_connection"  # same booth/staff connected elsewhere
+    RATE_LIMITED = "rate_limited"
+    INTERNAL = "internal"
+
+
+# --------------------------------------------------------------------------------------
+# Shared parts
+# --------------------------------------------------------------------------------------
+
+
+class IceServer(Model):
+    urls: list[Annotated[str, Field(max_length=300)]]
+    username: str | None = None
+    credential: str | None = None
+
+
+class BoothInfo(Model):
+    booth_id: Ident
+    name: ShortText
+    site_id: Ident
+    site_name: ShortText
+
+
+class StaffInfo(Model):
+    staff_id: Ident
+    display_name: ShortText
+
+
+class Skill(Model):
+    department: Ident
+    language: Language
+
+
+class Department(Model):
+    code: Ident
+    name_ja: ShortText
+    name_en: ShortText
+
+
+class QueueEntry(Model):
+    request_id: Ident
+    booth: BoothInfo
+    department: Ident
+    language: Language
+    requested_at: datetime
+    offered_to: Ident | None = None  # staff id currently ringing for it, if any
+
+
+class BoothStatus(Model):
+    booth: BoothInfo
+    state: BoothState
+    since: datetime
+    request_id: Ident | None = None
+    session_id: Ident | None = None
+    staff: StaffInfo | None = None
+
+
+class ErrorMessage(Model):
+    """Sent on every channel. ``ref`` echoes the ``type`` of the offending message."""
+
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: ShortText
+    ref: ShortText | None = None
+    fatal: bool = False  # the server closes the connection after a fatal error
+
+
+# --------------------------------------------------------------------------------------
+# Peer ↔ peer (relayed verbatim by the server between the two peers of one session)
+# --------------------------------------------------------------------------------------
+
+
+class SdpPayload(Model):
+    type: Literal["sdp"] = "sdp"
+    sdp_type: Literal["offer", "answer"]
+    sdp: Sdp
+
+
+class IcePayload(Model):
+    """A trickled ICE candidate; ``candidate`` None means end of candidates."""
+
+    type: Literal["ice"] = "ice"
+    candidate: Annotated[str, Field(max_length=1000)] | None
+    sdp_mid: Annotated[str, Field(max_length=64)] | None = None
+    sdp_mline_index: Annotated[int, Field(ge=0, le=64)] | None = None
+
+
+class MediaStatePayload(Model):
+    """What a peer tells the other about its own media (shown on the other screen)."""
+
+    type: Literal["media_state"] = "media_state"
+    audio: Literal["on", "muted", "none"]
+    video: Literal["on", "off", "none"]
+
+
+RelayPayload = Annotated[SdpPayload | IcePayload | MediaStatePayload, Field(discriminator="type")]
+
+
+class Relay(Model):
+    """Either peer → server → the other peer of ``session_id``."""
+
+    type: Literal["relay"] = "relay"
+    session_id: Ident
+    payload: RelayPayload
+
+
+class HangUp(Model):
+    type: Literal["hang_up"] = "hang_up"
+    session_id: Ident
+
+
+class MediaConnected(Model):
+    """A peer's RTCPeerConnection reached ``connected`` (recorded in the timeline)."""
+
+    type: Literal["media_connected"] = "media_connected"
+    session_id: Ident
+
+
+class MediaFailed(Model):
+    type: Literal["media_failed"] = "media_failed"
+    session_id: Ident
+    detail: ShortText = ""
+
+
+class SessionEnded(Model):
+    type: Literal["session_ended"] = "session_ended"
+    session_id: Ident
+    reason: EndReason
+
+
+# --------------------------------------------------------------------------------------
+# Booth ↔ server
+# --------------------------------------------------------------------------------------
+
+
+class BoothHello(Model):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    booth_id: Ident
+    credential: Annotated[str, Field(min_length=8, max_length=200)]
+
+
+class RequestHelp(Model):
+    """The resident asks for a remote counter. ``request_id`` is chosen by the booth so
+    that a request re-sent after a reconnect is recognised, not duplicated."""
+
+    type: Literal["request_help"] = "request_help"
+    request_id: Ident
+    department: Ident
+    language: Language
+
+
+class CancelRequest(Model):
+    type: Literal["cancel_request"] = "cancel_request"
+    request_id: Ident
+
+
+BoothToServer = Annotated[
+    BoothHello | RequestHelp | CancelRequest | Relay | HangUp | MediaConnected | MediaFailed,
+    Field(discriminator="type"),
+]
+
+
+class BoothWelcome(Model):
+    type: Literal["welcome"] = "welcome"
+    protocol: int = PROTOCOL_VERSION
+    booth: BoothInfo
+    departments: list[Department]
+    languages: list[Language]
+    heartbeat_s: float
+    # After a reconnect: the request still waiting for this booth, if any, or the
+    # session it is still in (the media may have survived a signaling drop).
+    pending_request_id: Ident | None = None
+    session_id: Ident | None = None
+
+
+class QueueStatus(Model):
+    """Sent when a request is accepted into the queue and whenever the queue moves."""
+
+    type: Literal["queue_status"] = "queue_status"
+    request_id: Ident
+    position: Annotated[int, Field(ge=1)]  # 1 = next to be served
+    estimated_wait_s: Annotated[int, Field(ge=0)] | None  # None: not enough data to say
+    staff_online: Annotated[int, Field(ge=0)]  # staff with the skill who are signed in
+    ringing: bool = False  # an offer is ringing at a staff member right now
+
+
+class RequestClosed(Model):
+    """The request left the queue without a call (cancelled, or abandoned by the server)."""
+
+    type: Literal["request_closed"] = "request_closed"
+    request_id: Ident
+    reason: Literal["cancelled", "abandoned"]
+
+
+class CallStarted(Model):
+    """Sent to both peers when staff accept. The booth creates the WebRTC offer."""
+
+    type: Literal["call_started"] = "call_started"
+    session_id: Ident
+    request_id: Ident
+    role: Literal["offerer", "answerer"]
+    booth: BoothInfo
+    staff: StaffInfo
+    department: Ident
+    language: Language
+    ice_servers: list[IceServer]
+
+
+ServerToBooth = Annotated[
+    BoothWelcome | QueueStatus | RequestClosed | CallStarted | Relay | SessionEnded | ErrorMessage,
+    Field(discriminator="type"),
+]
+
+
+# --------------------------------------------------------------------------------------
+# Staff ↔ server
+# --------------------------------------------------------------------------------------
+
+
+class StaffHello(Model):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    token: Annotated[str, Field(min_length=10, max_length=2000)]
+
+
+class SetState(Model):
+    """Staff choose between available and away; the other states are the server's."""
+
+    type: Literal["set_state"] = "set_state"
+    state: Literal["available", "away"]
+
+
+class AcceptOffer(Model):
+    type: Literal["accept"] = "accept"
+    offer_id: Ident
+
+
+class DeclineOffer(Model):
+    type: Literal["decline"] = "decline"
+    offer_id: Ident
+
+
+class WrapUpDone(Model):
+    """Ends wrap-up with the note for the session; the staff member becomes available."""
+
+    type: Literal["wrap_up_done"] = "wrap_up_done"
+    session_id: Ident
+    note: Note = ""
+
+
+StaffToServer = Annotated[
+    StaffHello
+    | SetState
+    | AcceptOffer
+    | DeclineOffer
+    | WrapUpDone
+    | Relay
+    | HangUp
+    | MediaConnected
+    | MediaFailed,
+    Field(discriminator="type"),
+]
+
+
+class StaffWelcome(Model):
+    type: Literal["welcome"] = "welcome"
+    protocol: int = PROTOCOL_VERSION
+    staff: StaffInfo
+    role: StaffRole
+    site_id: Ident | None = None  # branch staff: the site they watch
+    skills: list[Skill]
+    departments: list[Department]
+    state: StaffState
+    heartbeat_s: float
+    # After a reconnect during a call, the session it was in (the page rejoins it).
+    session_id: Ident | None = None
+
+
+class StaffStateChanged(Model):
+    type: Literal["state"] = "state"
+    state: StaffState
+    reason: ShortText | None = None  # e.g. "missed 3 offers in a row"
+
+
+class QueueSnapshot(Model):
+    """The waiting requests this staff member could take (their skills), oldest first."""
+
+    type: Literal["queue"] = "queue"
+    entries: list[QueueEntry]
+
+
+class Offer(Model):
+    """A request rings at this staff member for ``ring_timeout_s`` seconds."""
+
+    type: Literal["offer"] = "offer"
+    offer_id: Ident
+    request_id: Ident
+    booth: BoothInfo
+    department: Ident
+    language: Language
+    requested_at: datetime
+    ring_timeout_s: float
+
+
+class OfferWithdrawn(Model):
+    type: Literal["offer_withdrawn"] = "offer_withdrawn"
+    offer_id: Ident
+    reason: WithdrawReason
+
+
+class BoothsSnapshot(Model):
+    """Live state of booths (branch staff: their site; HQ staff: all sites)."""
+
+    type: Literal["booths"] = "booths"
+    booths: list[BoothStatus]
+
+
+ServerToStaff = Annotated[
+    StaffWelcome
+    | StaffStateChanged
+    | QueueSnapshot
+    | Offer
+    | OfferWithdrawn
+    | CallStarted
+    | Relay
+    | SessionEnded
+    | BoothsSnapshot
+    | ErrorMessage,
+    Field(discriminator="type"),
+]

@@ -1,0 +1,130 @@
+"""Security helpers: staff tokens, booth credentials, staff passwords, TURN credentials.
+
+* Staff tokens are issued by hq_console after login and checked by signaling. They are
+  ``base64url(json claims) "." base64url(HMAC-SHA256(secret, claims))`` with an expiry;
+  both services share ``token_secret``.
+* Booth credentials are long random secrets; only their SHA-256 is stored. (A fast hash
+  is right for high-entropy machine secrets; human passwords use Argon2id.)
+* TURN REST credentials follow coturn's ``use-auth-secret`` scheme.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from shared.errors import AuthError
+from shared.protocol import ErrorCode, IceServer, StaffRole
+
+_hasher = PasswordHasher()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True, slots=True)
+class StaffClaims:
+    staff_id: str
+    role: StaffRole
+    expires_at: float
+    token_id: str
+
+
+def issue_staff_token(
+    secret: str, staff_id: str, role: StaffRole, ttl_s: float, *, now: float | None = None
+) -> str:
+    issued = time.time() if now is None else now
+    claims = {
+        "sub": staff_id,
+        "role": role.value,
+        "exp": issued + ttl_s,
+        "iat": issued,
+        "jti": secrets.token_hex(8),
+    }
+    body = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    sig = _b64(hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest())
+    return f"{body}.{sig}"
+
+
+def verify_staff_token(secret: str, token: str, *, now: float | None = None) -> StaffClaims:
+    """Return the claims of a valid token; raise AuthError otherwise."""
+    body, _, sig = token.partition(".")
+    if not body or not sig:
+        raise AuthError(ErrorCode.AUTH_FAILED, "staff token is malformed")
+    expected = _b64(hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest())
+    if not hmac.compare_digest(expected, sig):
+        raise AuthError(ErrorCode.AUTH_FAILED, "staff token signature is invalid")
+    try:
+        claims = json.loads(_unb64(body))
+        result = StaffClaims(
+            staff_id=str(claims["sub"]),
+            role=StaffRole(claims["role"]),
+            expires_at=float(claims["exp"]),
+            token_id=str(claims["jti"]),
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise AuthError(ErrorCode.AUTH_FAILED, "staff token is malformed") from err
+    if result.expires_at <= (time.time() if now is None else now):
+        raise AuthError(ErrorCode.TOKEN_EXPIRED, "staff token has expired; sign in again")
+    return result
+
+
+def new_booth_credential() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_booth_credential(credential: str) -> str:
+    return hashlib.sha256(credential.encode()).hexdigest()
+
+
+def check_booth_credential(credential: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_booth_credential(credential), stored_hash)
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def check_password(password: str, stored_hash: str) -> bool:
+    try:
+        return _hasher.verify(stored_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def turn_rest_credentials(
+    secret: str, user: str, ttl_s: int, *, now: float | None = None
+) -> tuple[str, str]:
+    """coturn ``use-auth-secret``: username ``"<expiry>:<user>"``, password HMAC-SHA1."""
+    expiry = int((time.time() if now is None else now) + ttl_s)
+    username = f"{expiry}:{user}"
+    password = base64.b64encode(
+        hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    ).decode()
+    return username, password
+
+
+def ice_servers_for(
+    stun_urls: list[str], turn_urls: list[str], turn_secret: str | None, user: str, ttl_s: int
+) -> list[IceServer]:
+    """The ICE servers handed to both peers of a call (empty: host candidates only)."""
+    servers: list[IceServer] = []
+    if stun_urls:
+        servers.append(IceServer(urls=stun_urls))
+    if turn_urls and turn_secret:
+        username, password = turn_rest_credentials(turn_secret, user, ttl_s)
+        servers.append(IceServer(urls=turn_urls, username=username, credential=password))
+    return servers

@@ -1,0 +1,147 @@
+"""The tables. Times are timezone-aware UTC. Identifiers are strings (UUID hex or codes)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware datetimes; SQLite gives them back naive, so reattach UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Site(Base):
+    """A service point (出張所・駅前行政サービスセンター) where booths stand."""
+
+    __tablename__ = "sites"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name_ja: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200))
+    booths: Mapped[list[Booth]] = relationship(back_populates="site")
+
+
+class Department(Base):
+    """A department (課) of city hall that takes remote-counter calls."""
+
+    __tablename__ = "departments"
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name_ja: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200))
+    sort_order: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Booth(Base):
+    __tablename__ = "booths"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    credential_hash: Mapped[str] = mapped_column(String(128))
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    site: Mapped[Site] = relationship(back_populates="booths")
+
+
+class Staff(Base):
+    """An account of the HQ console: HQ staff take calls, branch staff watch a site."""
+
+    __tablename__ = "staff"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    login: Mapped[str] = mapped_column(String(100), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(300))
+    role: Mapped[str] = mapped_column(String(16))  # shared.protocol.StaffRole
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id"), nullable=True)
+    active: Mapped[bool] = mapped_column(default=True)
+    skills: Mapped[list[StaffSkill]] = relationship(cascade="all, delete-orphan", lazy="selectin")
+
+
+class StaffSkill(Base):
+    __tablename__ = "staff_skills"
+    __table_args__ = (UniqueConstraint("staff_id", "department", "language"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    staff_id: Mapped[str] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"))
+    department: Mapped[str] = mapped_column(ForeignKey("departments.code"))
+    language: Mapped[str] = mapped_column(String(16))
+
+
+class HelpRequest(Base):
+    """A resident's request for a remote counter. ``status``: waiting, matched,
+    cancelled, abandoned. Waiting requests are reloaded when signaling restarts."""
+
+    __tablename__ = "help_requests"
+    __table_args__ = (Index("ix_help_requests_status", "status"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    booth_id: Mapped[str] = mapped_column(ForeignKey("booths.id"))
+    department: Mapped[str] = mapped_column(ForeignKey("departments.code"))
+    language: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="waiting")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class CallSession(Base):
+    """One remote-counter call between a booth and a staff member."""
+
+    __tablename__ = "call_sessions"
+    __table_args__ = (Index("ix_call_sessions_staff", "staff_id"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("help_requests.id"), unique=True)
+    booth_id: Mapped[str] = mapped_column(ForeignKey("booths.id"))
+    staff_id: Mapped[str] = mapped_column(ForeignKey("staff.id"))
+    department: Mapped[str] = mapped_column(String(64))
+    language: Mapped[str] = mapped_column(String(16))
+    accepted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    connected_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)  # EndReason
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)  # wrap-up note
+
+
+class SessionEvent(Base):
+    """The timeline of a request and its session: requested, offered, declined, missed,
+    accepted, connected, ended, cancelled, abandoned."""
+
+    __tablename__ = "session_events"
+    __table_args__ = (Index("ix_session_events_request", "request_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("help_requests.id"))
+    session_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    staff_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class ConsoleSession(Base):
+    """A signed-in browser of the HQ console. The cookie holds a random token; only its
+    SHA-256 is stored. Logout sets ``revoked_at``."""
+
+    __tablename__ = "console_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the cookie
+    staff_id: Mapped[str] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

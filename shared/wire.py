@@ -1,0 +1,80 @@
+"""The only JSON ↔ model boundary of the protocol.
+
+Every WebSocket text frame is decoded here into one of the channel unions of
+:mod:`shared.protocol`, and every outgoing model is encoded here. Handlers receive models,
+never dicts; a malformed frame becomes a :class:`~shared.errors.ProtocolError` with a
+code the peer can act on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from shared.errors import ProtocolError
+from shared.protocol import (
+    BoothToServer,
+    ErrorCode,
+    RelayPayload,
+    ServerToBooth,
+    ServerToStaff,
+    StaffToServer,
+)
+
+MAX_MESSAGE_BYTES: Final = 128 * 1024
+
+T = TypeVar("T")
+
+booth_to_server: Final[TypeAdapter[BoothToServer]] = TypeAdapter(BoothToServer)
+server_to_booth: Final[TypeAdapter[ServerToBooth]] = TypeAdapter(ServerToBooth)
+staff_to_server: Final[TypeAdapter[StaffToServer]] = TypeAdapter(StaffToServer)
+server_to_staff: Final[TypeAdapter[ServerToStaff]] = TypeAdapter(ServerToStaff)
+relay_payload: Final[TypeAdapter[RelayPayload]] = TypeAdapter(RelayPayload)
+
+CHANNELS: Final[dict[str, TypeAdapter[Any]]] = {
+    "booth_to_server": booth_to_server,
+    "server_to_booth": server_to_booth,
+    "staff_to_server": staff_to_server,
+    "server_to_staff": server_to_staff,
+    "relay_payload": relay_payload,
+}
+
+
+def decode(adapter: TypeAdapter[T], data: str | bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> T:
+    """Parse one frame. Raises ProtocolError(BAD_JSON | TOO_LARGE | BAD_MESSAGE)."""
+    size = len(data.encode() if isinstance(data, str) else data)
+    if size > max_bytes:
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE, f"message of {size} bytes exceeds the limit of {max_bytes}"
+        )
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ProtocolError(ErrorCode.BAD_JSON, "message is not valid JSON") from err
+    if not isinstance(raw, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, "message must be a JSON object")
+    ref = raw.get("type") if isinstance(raw.get("type"), str) else None
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as err:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, _summarise(err), ref=ref[:50] if ref else None
+        ) from err
+
+
+def encode(message: BaseModel) -> str:
+    """Serialise one model to a frame (compact JSON, UTF-8 kept as is)."""
+    return message.model_dump_json()
+
+
+def _summarise(err: ValidationError) -> str:
+    """A short, safe description of what was wrong (no echo of the offending values)."""
+    parts = []
+    for e in err.errors()[:3]:
+        loc = ".".join(str(p) for p in e["loc"]) or "message"
+        parts.append(f"{loc}: {e['msg']}")
+    more = err.error_count() - len(parts)
+    text = "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+    return text[:200]

@@ -1,0 +1,1 @@
+"""The signaling server: presence, queue, matching, SDP/ICE relay, session timeline."""
