@@ -1,0 +1,301 @@
+"""An automated HQ staff member: a Python WebRTC peer on the staff channel.
+
+It signs in with a staff token, becomes available, accepts offers, answers the booth's
+WebRTC offer with aiortc and sends a stamped test picture and a 660 Hz tone back. It
+records when each step happened and proves what arrived from the booth (the booth's frame
+stamps and its tone). Used by the end-to-end tests and by ``bench/call_setup.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+
+from booth.ice import rtc_configuration
+from booth.media import StampedVideoTrack, ToneAudioTrack, read_stamp, tone_level
+from shared import wire
+from shared.protocol import (
+    AcceptOffer,
+    CallStarted,
+    ErrorMessage,
+    HangUp,
+    IcePayload,
+    MediaConnected,
+    Offer,
+    OfferWithdrawn,
+    Relay,
+    SdpPayload,
+    ServerToStaff,
+    SessionEnded,
+    SetState,
+    StaffHello,
+    StaffStateChanged,
+    StaffToServer,
+    StaffWelcome,
+    WrapUpDone,
+)
+
+log = logging.getLogger(__name__)
+
+STAFF_TONE_HZ = 660.0
+BOOTH_TONE_HZ = 1000.0
+
+
+@dataclass
+class CallRecord:
+    """What happened in one call, on the staff side (times from ``time.monotonic``)."""
+
+    session_id: str
+    request_id: str
+    offer_at: float
+    accepted_at: float
+    call_started_at: float | None = None
+    connected_at: float | None = None
+    first_frame_at: float | None = None
+    frames: int = 0
+    stamps: list[int] = field(default_factory=list)  # booth frame numbers, in order seen
+    latencies_ms: list[int] = field(default_factory=list)  # stamp time → decoded here
+    audio_samples: list[np.ndarray] = field(default_factory=list)
+    ended: SessionEnded | None = None
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    first_frame: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def booth_tone_level(self) -> float:
+        """Relative level of the booth's 1 kHz tone in the audio received (0 … 1)."""
+        if not self.audio_samples:
+            return 0.0
+        return tone_level(np.concatenate(self.audio_samples[-50:]), 48000, BOOTH_TONE_HZ)
+
+
+class AutoStaff:
+    """One automated staff member. ``async with AutoStaff(...) as staff:`` connects."""
+
+    def __init__(
+        self,
+        ws_url: str,
+        token: str | Callable[[], str],
+        *,
+        video_size: tuple[int, int] = (320, 240),
+        fps: int = 15,
+        auto_accept: bool = True,
+        send_media: bool = True,
+    ) -> None:
+        self._ws_url = ws_url
+        self._token = token
+        self._video_size = video_size
+        self._fps = fps
+        self.auto_accept = auto_accept
+        self._send_media = send_media
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pcs: dict[str, RTCPeerConnection] = {}
+        self.welcome: StaffWelcome | None = None
+        self.state: str | None = None
+        self.offers: asyncio.Queue[tuple[float, Offer]] = asyncio.Queue()
+        self.errors: list[ErrorMessage] = []
+        self.withdrawn: list[OfferWithdrawn] = []
+        self.calls: dict[str, CallRecord] = {}
+        self._pending: dict[str, tuple[float, Offer, float]] = {}  # request id → offer times
+        self.call_started: asyncio.Queue[CallRecord] = asyncio.Queue()
+        self._state_changed = asyncio.Condition()
+
+    async def __aenter__(self) -> AutoStaff:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def connect(self) -> None:
+        self._http = aiohttp.ClientSession()
+        self._ws = await self._http.ws_connect(self._ws_url, heartbeat=10)
+        token = self._token() if callable(self._token) else self._token
+        await self.send(StaffHello(token=token))
+        self._reader = asyncio.create_task(self._read())
+        async with asyncio.timeout(10):
+            async with self._state_changed:
+                await self._state_changed.wait_for(lambda: self.welcome is not None)
+
+    async def send(self, message: StaffToServer) -> None:
+        assert self._ws is not None
+        await self._ws.send_str(wire.encode(message))
+
+    async def set_available(self) -> None:
+        await self.send(SetState(state="available"))
+        await self.wait_state("available")
+
+    async def wait_state(self, state: str, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            async with self._state_changed:
+                await self._state_changed.wait_for(lambda: self.state == state)
+
+    async def accept(self, offer: Offer, offer_at: float) -> None:
+        self._pending[offer.request_id] = (offer_at, offer, time.monotonic())
+        await self.send(AcceptOffer(offer_id=offer.offer_id))
+
+    async def hang_up(self, session_id: str) -> None:
+        await self.send(HangUp(session_id=session_id))
+
+    async def wrap_up(self, session_id: str, note: str = "") -> None:
+        await self.send(WrapUpDone(session_id=session_id, note=note))
+
+    async def aclose(self) -> None:
+        for pc in list(self._pcs.values()):
+            await pc.close()
+        self._pcs.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # ---------------------------------------------------------------- internals
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        async for msg in self._ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            message: ServerToStaff = wire.decode(wire.server_to_staff, msg.data)
+            await self._handle(message)
+        async with self._state_changed:
+            self.state = "disconnected"
+            self._state_changed.notify_all()
+
+    async def _handle(self, message: ServerToStaff) -> None:
+        now = time.monotonic()
+        match message:
+            case StaffWelcome():
+                async with self._state_changed:
+                    self.welcome = message
+                    self.state = message.state.value
+                    self._state_changed.notify_all()
+            case StaffStateChanged():
+                async with self._state_changed:
+                    self.state = message.state.value
+                    self._state_changed.notify_all()
+            case Offer():
+                self.offers.put_nowait((now, message))
+                if self.auto_accept:
+                    await self.accept(message, now)
+            case OfferWithdrawn():
+                self.withdrawn.append(message)
+            case CallStarted():
+                offer_at, _, accepted_at = self._pending.pop(message.request_id, (now, None, now))
+                record = CallRecord(
+                    session_id=message.session_id,
+                    request_id=message.request_id,
+                    offer_at=offer_at,
+                    accepted_at=accepted_at,
+                    call_started_at=now,
+                )
+                self.calls[message.session_id] = record
+                self._pcs[message.session_id] = self._new_pc(message, record)
+                self.call_started.put_nowait(record)
+            case Relay():
+                self._spawn(self._on_relay(message))
+            case SessionEnded():
+                record = self.calls.get(message.session_id)
+                pc = self._pcs.pop(message.session_id, None)
+                if pc is not None:
+                    await pc.close()
+                if record is not None:
+                    record.ended = message
+                    record.finished.set()
+            case ErrorMessage():
+                log.warning("signaling error %s: %s", message.code, message.message)
+                self.errors.append(message)
+            case _:
+                pass
+
+    def _new_pc(self, started: CallStarted, record: CallRecord) -> RTCPeerConnection:
+        pc = RTCPeerConnection(rtc_configuration(started.ice_servers))
+
+        @pc.on("connectionstatechange")
+        async def _state() -> None:
+            if pc.connectionState == "connected" and record.connected_at is None:
+                record.connected_at = time.monotonic()
+                record.connected.set()
+                await self.send(MediaConnected(session_id=started.session_id))
+
+        @pc.on("track")
+        def _track(track: MediaStreamTrack) -> None:
+            self._spawn(self._consume(track, record))
+
+        return pc
+
+    async def _on_relay(self, relay: Relay) -> None:
+        pc = self._pcs.get(relay.session_id)
+        if pc is None:
+            return
+        payload = relay.payload
+        if isinstance(payload, SdpPayload) and payload.sdp_type == "offer":
+            await pc.setRemoteDescription(RTCSessionDescription(payload.sdp, "offer"))
+            if self._send_media:
+                width, height = self._video_size
+                pc.addTrack(StampedVideoTrack(width=width, height=height, fps=self._fps))
+                pc.addTrack(ToneAudioTrack(hz=STAFF_TONE_HZ))
+            await pc.setLocalDescription(await pc.createAnswer())
+            local = pc.localDescription
+            await self.send(
+                Relay(
+                    session_id=relay.session_id,
+                    payload=SdpPayload(sdp_type="answer", sdp=local.sdp),
+                )
+            )
+        elif isinstance(payload, IcePayload) and payload.candidate:
+            candidate = candidate_from_sdp(payload.candidate.removeprefix("candidate:"))
+            candidate.sdpMid = payload.sdp_mid
+            candidate.sdpMLineIndex = payload.sdp_mline_index
+            await pc.addIceCandidate(candidate)
+
+    async def _consume(self, track: MediaStreamTrack, record: CallRecord) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                if track.kind == "video":
+                    stamp = read_stamp(frame)
+                    if stamp is None:
+                        continue
+                    now = time.monotonic()
+                    record.frames += 1
+                    record.stamps.append(stamp.frame_no)
+                    record.latencies_ms.append(stamp.latency_ms())
+                    if record.first_frame_at is None:
+                        record.first_frame_at = now
+                        record.first_frame.set()
+                else:
+                    samples = frame.to_ndarray().reshape(-1)
+                    if frame.layout.name == "stereo":
+                        samples = samples[::2]
+                    record.audio_samples.append(samples.astype(np.float32))
+                    if len(record.audio_samples) > 200:
+                        del record.audio_samples[:100]
