@@ -138,8 +138,8 @@ class AutoStaff:
         await self.send(SetState(state="available"))
         await self.wait_state("available")
 
-    async def wait_state(self, state: str, timeout: float = 10) -> None:
-        async with asyncio.timeout(timeout):
+    async def wait_state(self, state: str, timeout_s: float = 10) -> None:
+        async with asyncio.timeout(timeout_s):
             async with self._state_changed:
                 await self._state_changed.wait_for(lambda: self.state == state)
 
