@@ -38,6 +38,10 @@ class SignalingConfig(BaseSettings):
     staff_reconnect_grace_s: float = 20.0  # a call survives a staff-side drop this long
     wait_estimate_samples: int = 20  # recent handle times per department
     wait_estimate_min_samples: int = 3  # fewer → the estimate is "unknown"
+    # Queue fan-out (QueueStatus to booths, QueueSnapshot/BoothsSnapshot to staff) is
+    # coalesced and flushed at most this often; offers are always sent at once.
+    queue_push_interval_s: float = 0.25
+    queue_snapshot_max_entries: int = 100  # oldest N waiting requests in a QueueSnapshot
     stun_urls: list[str] = []
     turn_urls: list[str] = []
     turn_secret: str | None = None
