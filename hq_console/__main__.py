@@ -1,0 +1,177 @@
+"""``python -m hq_console``: serve the console, or manage staff accounts.
+
+python -m hq_console [--config FILE]
+python -m hq_console add-staff --login L --name N --role hq|branch [--site S]
+    [--skill dept:lang ...] [--password-stdin] [--config FILE | --database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import re
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+from sqlalchemy import select
+
+from shared.config import DEFAULT_DATABASE_URL, ConsoleConfig, load_config
+from shared.errors import ConfigError
+from shared.protocol import StaffRole
+from shared.store.db import create_engine, migrate, session_factory
+from shared.store.models import Department, Site, Staff
+from shared.store.seed import upsert_staff
+
+log = logging.getLogger(__name__)
+
+LOGIN_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SKILL_PATTERN = re.compile(r"^([A-Za-z0-9_.-]{1,64}):([a-z]{2,3}(?:-[A-Za-z0-9]+)*)$")
+MIN_PASSWORD_LENGTH = 8
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hq_console", description="Ekichika HQ console (staff web app)"
+    )
+    parser.add_argument("--config", help="TOML configuration file")
+    sub = parser.add_subparsers(dest="command")
+    add = sub.add_parser("add-staff", help="create or update a staff account")
+    add.add_argument("--config", dest="sub_config", help="TOML configuration file")
+    add.add_argument("--database-url", help="database URL (default: from the configuration)")
+    add.add_argument("--login", required=True, help="login name, also the staff id")
+    add.add_argument("--name", required=True, help="display name, e.g. 佐藤 花子")
+    add.add_argument("--role", required=True, choices=[r.value for r in StaffRole])
+    add.add_argument("--site", help="site id (required for branch staff)")
+    add.add_argument(
+        "--skill",
+        action="append",
+        default=[],
+        metavar="DEPT:LANG",
+        help="a department and language this person serves, e.g. shimin:ja (repeatable)",
+    )
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    return parser
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("パスワード / Password: ")
+    second = getpass.getpass("もう一度 / Repeat: ")
+    if first != second:
+        raise SystemExit("パスワードが一致しません / The passwords do not match")
+    return first
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    if args.database_url:
+        return str(args.database_url)
+    path = args.sub_config or args.config
+    if path is None:
+        try:
+            return load_config(ConsoleConfig).database_url
+        except ConfigError:
+            return DEFAULT_DATABASE_URL
+    return load_config(ConsoleConfig, path).database_url
+
+
+async def add_staff(
+    database_url: str,
+    *,
+    login: str,
+    display_name: str,
+    role: StaffRole,
+    site_id: str | None,
+    skills: tuple[tuple[str, str], ...],
+    password: str,
+) -> bool:
+    """Create or update an account (login = staff id). Returns True if it was created."""
+    await migrate(database_url)
+    engine = create_engine(database_url)
+    try:
+        sessions = session_factory(engine)
+        async with sessions() as s:
+            if site_id is not None and await s.get(Site, site_id) is None:
+                raise ConfigError(f"unknown site {site_id!r}")
+            known = set((await s.execute(select(Department.code))).scalars())
+            for department, _language in skills:
+                if department not in known:
+                    raise ConfigError(
+                        f"unknown department {department!r} (known: {', '.join(sorted(known))})"
+                    )
+            existed = await s.get(Staff, login) is not None
+        await upsert_staff(sessions, login, login, display_name, password, role, site_id, skills)
+        return not existed
+    finally:
+        await engine.dispose()
+
+
+def _add_staff_command(args: argparse.Namespace) -> int:
+    if not LOGIN_PATTERN.match(args.login):
+        print("login must be 1-64 characters of A-Z a-z 0-9 _ . -", file=sys.stderr)
+        return 2
+    role = StaffRole(args.role)
+    if role == StaffRole.BRANCH and not args.site:
+        print("branch staff need --site", file=sys.stderr)
+        return 2
+    skills: list[tuple[str, str]] = []
+    for item in args.skill:
+        match = SKILL_PATTERN.match(item)
+        if not match:
+            print(
+                f"bad --skill {item!r}: expected DEPARTMENT:LANGUAGE, e.g. shimin:ja",
+                file=sys.stderr,
+            )
+            return 2
+        skills.append((match.group(1), match.group(2)))
+    password = _read_password(args.password_stdin)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        print(f"the password needs at least {MIN_PASSWORD_LENGTH} characters", file=sys.stderr)
+        return 2
+    try:
+        created = asyncio.run(
+            add_staff(
+                _database_url(args),
+                login=args.login,
+                display_name=args.name,
+                role=role,
+                site_id=args.site,
+                skills=tuple(skills),
+                password=password,
+            )
+        )
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    print(f"{'created' if created else 'updated'} staff account {args.login}")
+    return 0
+
+
+def _serve(config_path: str | None) -> int:
+    from hq_console.app import create_app
+
+    try:
+        config = load_config(ConsoleConfig, config_path)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    log.info("HQ console on http://%s:%d", config.host, config.port)
+    web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = _parser().parse_args(argv)
+    if args.command == "add-staff":
+        return _add_staff_command(args)
+    return _serve(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""The HQ console web app: staff sign-in, the HQ call page and the branch booth board.
+
+Routes
+  GET  /                       → /console (HQ) or /branch (branch staff), or /login
+  GET  /login, POST /login     sign-in form; POST creates a console session cookie
+  POST /logout                 revokes the session
+  GET  /console                HQ staff page (static, talks to signaling itself)
+  GET  /branch                 branch staff page
+  GET  /api/me                 the signed-in staff member and the signaling URL
+  POST /api/signaling-token    a short-lived staff token for one signaling connection
+  GET  /healthz                liveness and database check
+  GET  /static/...             page assets and the protocol JSON Schema
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from yarl import URL
+
+from hq_console import pages
+from hq_console.auth import (
+    LoginThrottle,
+    SignedInStaff,
+    authenticate,
+    open_session,
+    resolve_session,
+    revoke_session,
+)
+from shared.config import ConsoleConfig
+from shared.protocol import StaffRole
+from shared.security import issue_staff_token
+from shared.store.db import create_engine, migrate, session_factory
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+
+CONFIG: Final = web.AppKey("config", ConsoleConfig)
+ENGINE: Final = web.AppKey("engine", AsyncEngine)
+SESSIONS: Final = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+THROTTLE: Final = web.AppKey("throttle", LoginThrottle)
+COOKIE_NAME: Final = web.AppKey("cookie_name", str)
+CSP: Final = web.AppKey("csp", str)
+
+STAFF: Final = web.RequestKey("staff", SignedInStaff)  # cached by current_staff
+
+UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+HQ_ROLES: Final = frozenset({StaffRole.HQ, StaffRole.ADMIN})
+BRANCH_ROLES: Final = frozenset({StaffRole.BRANCH, StaffRole.ADMIN})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _signaling_origin(signaling_url: str) -> str:
+    url = URL(signaling_url)
+    if url.scheme not in ("ws", "wss") or not url.host:
+        return ""
+    return str(url.origin())
+
+
+def content_security_policy(config: ConsoleConfig) -> str:
+    """Own origin only, plus the signaling WebSocket; media elements play MediaStreams."""
+    connect = " ".join(x for x in ("'self'", _signaling_origin(config.signaling_url)) if x)
+    return (
+        "default-src 'none'; "
+        "script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+        f"connect-src {connect}; media-src 'self' blob: mediastream:; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"
+    )
+
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+def _is_api(request: web.Request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def _same_origin(request: web.Request, config: ConsoleConfig) -> bool:
+    """The Origin header names this server (CSRF defence for every unsafe method)."""
+    origin = request.headers.get("Origin")
+    if not origin or origin == "null":
+        return False
+    url = URL(origin)
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        return False
+    if config.secure_cookies and url.scheme != "https":
+        return False
+    authority = url.raw_host.lower() + (f":{url.explicit_port}" if url.explicit_port else "")
+    host = request.host.lower()
+    default_port = ":443" if url.scheme == "https" else ":80"
+    host = host.removesuffix(default_port)
+    return authority == host
+
+
+@web.middleware
+async def origin_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method in UNSAFE_METHODS and not _same_origin(request, request.app[CONFIG]):
+        log.warning("refused %s %s: foreign or missing Origin", request.method, request.path)
+        if _is_api(request):
+            return _json_error(403, "bad_origin", "request origin not allowed")
+        return web.Response(
+            status=403,
+            content_type="text/html",
+            text=pages.message_page(
+                "要求を受け付けられません",
+                "Request refused",
+                "別のサイトからの送信は受け付けません。ページを開き直してください。",
+                "Requests from other sites are not accepted. Please reload the page.",
+            ),
+        )
+    return await handler(request)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", request.app[CSP])
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    # "same-origin" (not "no-referrer"): with no-referrer, browsers send "Origin: null" on
+    # form posts, which the CSRF check would refuse.
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    headers.setdefault(
+        "Permissions-Policy", "camera=(self), microphone=(self), geolocation=(), payment=()"
+    )
+    if request.path.startswith("/static/"):
+        headers.setdefault("Cache-Control", "no-cache")
+    else:
+        headers.setdefault("Cache-Control", "no-store")
+    if request.app[CONFIG].secure_cookies:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+
+
+async def current_staff(request: web.Request) -> SignedInStaff | None:
+    if STAFF in request:
+        return request[STAFF]
+    token = request.cookies.get(request.app[COOKIE_NAME])
+    if not token:
+        return None
+    staff = await resolve_session(request.app[SESSIONS], token)
+    if staff is not None:
+        request[STAFF] = staff
+    return staff
+
+
+# --------------------------------------------------------------------------------------
+# Pages
+# --------------------------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    staff = await current_staff(request)
+    if staff is None:
+        raise web.HTTPSeeOther("/login")
+    raise web.HTTPSeeOther("/branch" if staff.role == StaffRole.BRANCH else "/console")
+
+
+async def login_form(request: web.Request) -> web.StreamResponse:
+    if await current_staff(request) is not None:
+        raise web.HTTPSeeOther("/")
+    return web.Response(content_type="text/html", text=pages.login_page())
+
+
+async def login_submit(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    throttle = request.app[THROTTLE]
+    form = await request.post()
+    login = str(form.get("login", "")).strip()[:100]
+    password = str(form.get("password", ""))[:200]
+    if throttle.is_blocked(login):
+        log.warning("sign-in refused: too many failures")
+        return web.Response(
+            status=429,
+            content_type="text/html",
+            text=pages.login_page(
+                error=pages.LOGIN_THROTTLED, error_en=pages.LOGIN_THROTTLED_EN, login=login
+            ),
+        )
+    staff = await authenticate(request.app[SESSIONS], login, password) if login else None
+    if staff is None:
+        throttle.record_failure(login)
+        log.info("sign-in failed")
+        return web.Response(
+            status=401,
+            content_type="text/html",
+            text=pages.login_page(
+                error=pages.LOGIN_FAILED, error_en=pages.LOGIN_FAILED_EN, login=login
+            ),
+        )
+    throttle.record_success(login)
+    token, _expires = await open_session(request.app[SESSIONS], staff, config.session_ttl_s)
+    log.info("staff %s signed in", staff.id)
+    response = web.HTTPSeeOther("/")
+    response.set_cookie(
+        request.app[COOKIE_NAME],
+        token,
+        max_age=int(config.session_ttl_s),
+        path="/",
+        httponly=True,
+        secure=config.secure_cookies,
+        samesite="Strict",
+    )
+    raise response
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    cookie_name = request.app[COOKIE_NAME]
+    token = request.cookies.get(cookie_name)
+    if token and await revoke_session(request.app[SESSIONS], token):
+        log.info("console session signed out")
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(
+        cookie_name,
+        path="/",
+        secure=request.app[CONFIG].secure_cookies,
+        httponly=True,
+        samesite="Strict",
+    )
+    raise response
+
+
+def _page(filename: str, roles: frozenset[StaffRole]) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        staff = await current_staff(request)
+        if staff is None:
+            raise web.HTTPSeeOther("/login")
+        if staff.role not in roles:
+            return web.Response(status=403, content_type="text/html", text=pages.forbidden_page())
+        return web.FileResponse(STATIC_DIR / filename, headers={"Content-Type": "text/html"})
+
+    return handler
+
+
+# --------------------------------------------------------------------------------------
+# API
+# --------------------------------------------------------------------------------------
+
+
+async def _api_staff(request: web.Request) -> SignedInStaff:
+    staff = await current_staff(request)
+    if staff is None:
+        raise web.HTTPUnauthorized(
+            text='{"error":"unauthenticated","message":"sign in first"}',
+            content_type="application/json",
+        )
+    return staff
+
+
+async def api_me(request: web.Request) -> web.StreamResponse:
+    staff = await _api_staff(request)
+    return web.json_response(
+        {
+            "staff_id": staff.staff_id,
+            "display_name": staff.display_name,
+            "role": staff.role.value,
+            "site_id": staff.site_id,
+            "skills": [s.model_dump() for s in staff.skills],
+            "signaling_url": request.app[CONFIG].signaling_url,
+        }
+    )
+
+
+async def api_signaling_token(request: web.Request) -> web.StreamResponse:
+    staff = await _api_staff(request)
+    config = request.app[CONFIG]
+    now = time.time()
+    token = issue_staff_token(
+        config.token_secret, staff.staff_id, staff.role, config.token_ttl_s, now=now
+    )
+    return web.json_response({"token": token, "expires_at": now + config.token_ttl_s})
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    try:
+        async with request.app[ENGINE].connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception:
+        log.exception("health check: database unreachable")
+        return web.json_response({"status": "error", "database": "unreachable"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+# --------------------------------------------------------------------------------------
+# Factory
+# --------------------------------------------------------------------------------------
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if config.auto_migrate:
+        await migrate(config.database_url)
+    engine = create_engine(config.database_url)
+    app[ENGINE] = engine
+    app[SESSIONS] = session_factory(engine)
+    try:
+        yield
+    finally:
+        await engine.dispose()
+
+
+def create_app(config: ConsoleConfig, *, throttle: LoginThrottle | None = None) -> web.Application:
+    app = web.Application(middlewares=[origin_check], client_max_size=64 * 1024)
+    app[CONFIG] = config
+    app[THROTTLE] = throttle or LoginThrottle()
+    # The __Host- prefix pins the cookie to this origin; browsers accept it only if Secure.
+    app[COOKIE_NAME] = "__Host-ekichika_session" if config.secure_cookies else "ekichika_session"
+    app[CSP] = content_security_policy(config)
+    app.cleanup_ctx.append(_database)
+    app.on_response_prepare.append(_security_headers)
+
+    app.router.add_get("/", index)
+    app.router.add_get("/login", login_form)
+    app.router.add_post("/login", login_submit)
+    app.router.add_post("/logout", logout)
+    app.router.add_get("/console", _page("console.html", HQ_ROLES))
+    app.router.add_get("/branch", _page("branch.html", BRANCH_ROLES))
+    app.router.add_get("/api/me", api_me)
+    app.router.add_post("/api/signaling-token", api_signaling_token)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+    return app
