@@ -704,6 +704,7 @@ async def _main(params: Params, workdir: Path) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     params = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ekichika-bench-matching-") as tmp:
+        log.info("working directory %s", tmp)
         try:
             result = asyncio.run(_main(params, Path(tmp)))
         except KeyboardInterrupt:
