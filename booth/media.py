@@ -364,10 +364,10 @@ def _as_samples(source: Sequence[AudioFrame] | npt.NDArray[np.generic]) -> Float
     return audio_samples(source)
 
 
-def tone_level(
+def tone_amplitude(
     source: Sequence[AudioFrame] | npt.NDArray[np.generic], sample_rate: int, hz: float
 ) -> float:
-    """Amplitude (0..1 of full scale) of the ``hz`` component: about 0.3 for the booth tone."""
+    """Amplitude of the ``hz`` component, in the units of the samples (0..1 for frames)."""
     samples = _as_samples(source)
     if samples.size == 0:
         return 0.0
@@ -375,6 +375,20 @@ def tone_level(
     n = np.arange(samples.size)
     phasor = np.exp(-2j * math.pi * hz * n / sample_rate)
     return float(2 * abs(np.sum(samples * window * phasor)) / np.sum(window))
+
+
+def tone_level(
+    source: Sequence[AudioFrame] | npt.NDArray[np.generic], sample_rate: int, hz: float
+) -> float:
+    """How much of the signal is the ``hz`` tone: 0 (none, or silence) … 1 (a pure tone).
+
+    Independent of the sample scale, so raw int16 samples and frames give the same figure.
+    """
+    samples = _as_samples(source)
+    rms = rms_level(samples)
+    if rms < 1e-9:
+        return 0.0
+    return min(1.0, tone_amplitude(samples, sample_rate, hz) / (math.sqrt(2) * rms))
 
 
 def dominant_frequency(samples: Sequence[AudioFrame] | npt.NDArray[np.generic], rate: int) -> float:
@@ -423,6 +437,7 @@ class AudioMeter:
         return rms_level(self._samples)
 
     def tone_level(self, hz: float) -> float:
+        """Share of the window that is the ``hz`` tone (0 … 1), see :func:`tone_level`."""
         return tone_level(self._samples, self.sample_rate, hz)
 
     def dominant_frequency(self) -> float:

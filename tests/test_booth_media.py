@@ -29,6 +29,7 @@ from booth.media import (
     open_media,
     read_stamp,
     read_stamp_luma,
+    tone_amplitude,
     tone_level,
     wall_clock_ms,
 )
@@ -47,7 +48,9 @@ def vp8_round_trip(frames: list[av.VideoFrame]) -> list[av.VideoFrame]:
     for index, frame in enumerate(frames):
         payloads, timestamp = encoder.encode(frame, force_keyframe=index == 0)
         data = b"".join(vp8_depayload(p) for p in payloads)
-        decoded.extend(decoder.decode(JitterFrame(data=data, timestamp=timestamp)))
+        for out in decoder.decode(JitterFrame(data=data, timestamp=timestamp)):
+            assert isinstance(out, av.VideoFrame)
+            decoded.append(out)
     return decoded
 
 
@@ -133,11 +136,17 @@ async def test_tone_track_survives_opus() -> None:
     for frame in frames:
         payloads, timestamp = encoder.encode(frame)
         for payload in payloads:
-            decoded.extend(decoder.decode(JitterFrame(data=payload, timestamp=timestamp)))
+            for out in decoder.decode(JitterFrame(data=payload, timestamp=timestamp)):
+                assert isinstance(out, av.AudioFrame)
+                decoded.append(out)
     samples = audio_samples(decoded[5:])  # skip the codec's start-up
     assert abs(dominant_frequency(samples, 48000) - 1000.0) <= 20.0
-    assert tone_level(samples, 48000, 1000.0) > 0.15
-    assert tone_level(samples, 48000, 660.0) < 0.02
+    assert tone_level(samples, 48000, 1000.0) > 0.9
+    assert tone_level(samples, 48000, 660.0) < 0.05
+    assert 0.15 < tone_amplitude(samples, 48000, 1000.0) < 0.35  # sent at 0.3 full scale
+    # raw int16 samples give the same relative level
+    raw = (samples * 32768).astype(np.int16)
+    assert tone_level(raw, 48000, 1000.0) == pytest.approx(tone_level(samples, 48000, 1000.0))
 
     meter = AudioMeter(window_s=0.5)
     for frame in decoded:
@@ -151,7 +160,10 @@ def test_dominant_frequency_of_a_staff_tone() -> None:
     t = np.arange(9600) / 48000
     samples = 0.2 * np.sin(2 * np.pi * 660.0 * t)
     assert abs(dominant_frequency(samples, 48000) - 660.0) <= 5.0
-    assert tone_level(samples, 48000, 660.0) == pytest.approx(0.2, abs=0.02)
+    assert tone_amplitude(samples, 48000, 660.0) == pytest.approx(0.2, abs=0.02)
+    assert tone_level(samples, 48000, 660.0) > 0.95
+    assert tone_level(samples, 48000, 1000.0) < 0.05
+    assert tone_level(np.zeros(960), 48000, 660.0) == 0.0
 
 
 def test_rtc_configuration_never_adds_a_default_stun_server() -> None:
@@ -167,9 +179,10 @@ def test_restrict_host_addresses() -> None:
         restrict_host_addresses(["127.0.0.1", "::1"])
         assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["127.0.0.1"]
         assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1", "::1"]
-    finally:
         restrict_host_addresses([])
-    assert "127.0.0.1" not in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)
+        assert "127.0.0.1" not in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)
+    finally:
+        restrict_host_addresses(["127.0.0.1"])  # what every test runs with (conftest)
 
 
 def test_device_errors_are_readable() -> None:
