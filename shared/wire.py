@@ -14,6 +14,7 @@ from typing import Any, Final, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.errors import ProtocolError
+from shared.kiosk_protocol import AgentToPage, PageToAgent
 from shared.protocol import (
     BoothToServer,
     ErrorCode,
@@ -32,6 +33,9 @@ server_to_booth: Final[TypeAdapter[ServerToBooth]] = TypeAdapter(ServerToBooth)
 staff_to_server: Final[TypeAdapter[StaffToServer]] = TypeAdapter(StaffToServer)
 server_to_staff: Final[TypeAdapter[ServerToStaff]] = TypeAdapter(ServerToStaff)
 relay_payload: Final[TypeAdapter[RelayPayload]] = TypeAdapter(RelayPayload)
+# The booth's local kiosk page ↔ the booth agent (shared.kiosk_protocol).
+kiosk_page_to_agent: Final[TypeAdapter[PageToAgent]] = TypeAdapter(PageToAgent)
+kiosk_agent_to_page: Final[TypeAdapter[AgentToPage]] = TypeAdapter(AgentToPage)
 
 CHANNELS: Final[dict[str, TypeAdapter[Any]]] = {
     "booth_to_server": booth_to_server,
@@ -39,6 +43,8 @@ CHANNELS: Final[dict[str, TypeAdapter[Any]]] = {
     "staff_to_server": staff_to_server,
     "server_to_staff": server_to_staff,
     "relay_payload": relay_payload,
+    "kiosk_page_to_agent": kiosk_page_to_agent,
+    "kiosk_agent_to_page": kiosk_agent_to_page,
 }
 
 

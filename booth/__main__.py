@@ -1,0 +1,66 @@
+"""``python -m booth [--config booth.toml]``: the booth agent and its kiosk UI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+
+from aiohttp import web
+
+from booth.agent import BoothAgent
+from booth.kiosk import create_kiosk_app
+from shared.config import BoothConfig, load_config
+from shared.errors import ConfigError, DeviceError
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m booth", description="Ekichika booth agent and kiosk UI"
+    )
+    parser.add_argument("--config", help="TOML file (EKICHIKA_BOOTH_* variables win)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING …")
+    return parser.parse_args(argv)
+
+
+async def serve(config: BoothConfig) -> None:
+    """Run the agent and the kiosk UI until cancelled."""
+    agent = BoothAgent(config)
+    await agent.start()
+    runner = web.AppRunner(create_kiosk_app(agent), shutdown_timeout=2.0)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, config.kiosk_host, config.kiosk_port)
+        await site.start()
+        print(f"kiosk UI: http://{config.kiosk_host}:{config.kiosk_port}/", flush=True)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await agent.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(BoothConfig, args.config)
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(config))
+    except DeviceError as err:
+        print(f"device error: {err.reason}", file=sys.stderr)
+        raise SystemExit(3) from err
+    except OSError as err:
+        print(f"cannot serve the kiosk UI: {err}", file=sys.stderr)
+        raise SystemExit(4) from err
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""The booth agent: owns the signaling connection, the media devices and the current call,
+and turns all of it into the screen the resident sees.
+
+The kiosk page only reports touches (:data:`shared.kiosk_protocol.PageToAgent`); the agent
+decides what happens and publishes a full :class:`~shared.kiosk_protocol.ScreenState`
+snapshot to every listener whenever anything changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+from booth.call import MEDIA_STATES, WAITING_STATES, CallState, RemoteCounterCall
+from booth.ice import restrict_host_addresses
+from booth.media import BoothMedia, FrameBuffer, open_media
+from booth.signaling_client import BoothSignalingClient
+from shared.config import BoothConfig
+from shared.kiosk_protocol import (
+    BackToStartTouched,
+    CancelTouched,
+    ChooseLanguage,
+    HangUpTouched,
+    KeepWaitingTouched,
+    KioskDepartment,
+    KioskLanguage,
+    KioskScreen,
+    PageToAgent,
+    RequestHelpTouched,
+    ScreenState,
+)
+from shared.protocol import (
+    BoothWelcome,
+    CallStarted,
+    ErrorMessage,
+    HangUp,
+    QueueStatus,
+    Relay,
+    RequestClosed,
+    ServerToBooth,
+    SessionEnded,
+)
+
+logger = logging.getLogger(__name__)
+
+ScreenListener = Callable[[ScreenState], None]
+
+
+class VisitPhase(enum.Enum):
+    """Where the resident is in one visit to the booth."""
+
+    START = "start"
+    DEPARTMENT = "department"
+    CALL = "call"  # a request or call exists (see the call's own state)
+    ENDED = "ended"  # thank-you screen
+
+
+class BoothAgent:
+    def __init__(self, config: BoothConfig, *, media: BoothMedia | None = None) -> None:
+        self.config = config
+        self.signaling = BoothSignalingClient(config, self)
+        self.media = media
+        self.staff_video = FrameBuffer()
+        self.self_video = FrameBuffer()
+        self.phase = VisitPhase.START
+        self.language: KioskLanguage = config.default_language
+        self.call: RemoteCounterCall | None = None
+        self.calls: list[RemoteCounterCall] = []  # every call of this run, oldest first
+        self.keep_waiting = False
+        self.error: str | None = None
+        self._listeners: list[ScreenListener] = []
+        self._last_screen: ScreenState | None = None
+        self._ended_timer: asyncio.TimerHandle | None = None
+        self._started = False
+        self._closed = False
+        self._lock = asyncio.Lock()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Open the devices and connect to signaling (in the background). Idempotent."""
+        if self._started:
+            return
+        self._started = True
+        if self.config.ice_host_addresses:
+            restrict_host_addresses(self.config.ice_host_addresses)
+        if self.media is None:
+            self.media = open_media(self.config.devices, caption=self.config.booth_id)
+        for line in self.media.describe():
+            logger.info("booth %s: %s", self.config.booth_id, line)
+        await self.signaling.start()
+        self._publish()
+
+    async def run(self) -> None:
+        """Run until cancelled, then close."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._ended_timer is not None:
+            self._ended_timer.cancel()
+        if self.call is not None:
+            await self.call.aclose()
+        await self.signaling.aclose()
+        if self.media is not None:
+            await self.media.aclose()
+        self._listeners.clear()
+
+    # ---------------------------------------------------------------- the screen
+
+    def add_listener(self, listener: ScreenListener) -> None:
+        """Call ``listener`` with each new screen snapshot (and the current one now)."""
+        self._listeners.append(listener)
+        listener(self.screen())
+
+    def remove_listener(self, listener: ScreenListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def departments(self) -> list[KioskDepartment]:
+        welcome = self.signaling.welcome
+        if welcome is None:
+            return []
+        return [
+            KioskDepartment(code=d.code, name_ja=d.name_ja, name_en=d.name_en)
+            for d in welcome.departments
+        ]
+
+    def screen(self) -> ScreenState:
+        """The snapshot the kiosk page draws."""
+        welcome = self.signaling.welcome
+        call = self.call
+        connected = self.signaling.connected
+        fields: dict[str, object] = {
+            "language": self.language,
+            "booth_name": welcome.booth.name if welcome else "",
+            "departments": self.departments(),
+            "error": self.error,
+        }
+        if call is not None:
+            fields["department"] = call.department
+            fields["staff_name"] = call.staff_name
+            if call.queue is not None:
+                fields["queue_position"] = call.queue.position
+                fields["estimated_wait_s"] = call.queue.estimated_wait_s
+                fields["staff_online"] = call.queue.staff_online
+            fields["call_elapsed_s"] = call.elapsed_s()
+
+        screen: KioskScreen
+        if self.phase is VisitPhase.ENDED:
+            screen = KioskScreen.ENDED
+            fields["return_to_start_s"] = self.config.ended_screen_s
+        elif call is not None and self.phase is VisitPhase.CALL and call.state in MEDIA_STATES:
+            screen = (
+                KioskScreen.IN_CALL if call.state is CallState.IN_CALL else KioskScreen.CONNECTING
+            )
+        elif not connected:
+            screen = KioskScreen.CONNECTION_LOST
+            fields["request_kept"] = (
+                self.phase is VisitPhase.CALL and call is not None and call.state in WAITING_STATES
+            )
+        elif self.phase is VisitPhase.CALL and call is not None:
+            no_staff = call.queue is not None and call.queue.staff_online == 0
+            screen = (
+                KioskScreen.NO_STAFF if no_staff and not self.keep_waiting else KioskScreen.WAITING
+            )
+        elif self.phase is VisitPhase.DEPARTMENT:
+            screen = KioskScreen.DEPARTMENT
+        else:
+            screen = KioskScreen.START
+        return ScreenState.model_validate({"screen": screen, **fields})
+
+    def _publish(self) -> None:
+        if self._closed:
+            return
+        state = self.screen()
+        if state == self._last_screen:
+            return
+        self._last_screen = state
+        for listener in list(self._listeners):
+            try:
+                listener(state)
+            except Exception:
+                logger.exception("screen listener failed")
+
+    # ---------------------------------------------------------------- the resident
+
+    async def handle_touch(self, message: PageToAgent) -> None:
+        """Act on what the resident touched on the kiosk page."""
+        async with self._lock:
+            await self._handle_touch(message)
+        self._publish()
+
+    async def _handle_touch(self, message: PageToAgent) -> None:
+        call = self.call
+        match message:
+            case ChooseLanguage():
+                self.language = message.language
+                self.error = None
+                if self.phase in (VisitPhase.START, VisitPhase.DEPARTMENT):
+                    self.phase = VisitPhase.DEPARTMENT
+            case RequestHelpTouched():
+                await self._request_help(message.department)
+            case CancelTouched():
+                if call is not None and call.state in WAITING_STATES:
+                    await call.cancel()
+                self._go_to_start()
+            case KeepWaitingTouched():
+                self.keep_waiting = True
+            case HangUpTouched():
+                if call is not None and call.state in MEDIA_STATES:
+                    await call.hang_up()
+            case BackToStartTouched():
+                if call is not None and call.state in WAITING_STATES:
+                    await call.cancel()
+                elif call is not None and call.state in MEDIA_STATES:
+                    await call.hang_up()
+                self._go_to_start()
+
+    async def _request_help(self, department: str) -> None:
+        if self.phase is VisitPhase.CALL and self.call is not None and not self.call.finished:
+            return  # already asking
+        known = {d.code for d in self.departments()}
+        if known and department not in known:
+            logger.warning("kiosk asked for unknown department %s", department)
+            return
+        assert self.media is not None, "start() opens the media"
+        call = RemoteCounterCall(
+            request_id=f"{self.config.booth_id[:40]}-{secrets.token_hex(6)}",
+            department=department,
+            language=self.language,
+            signaling=self.signaling,
+            media=self.media,
+            staff_video=self.staff_video,
+            self_video=self.self_video,
+            connect_timeout_s=self.config.call_connect_timeout_s,
+            on_change=self._on_call_change,
+        )
+        self.call = call
+        self.calls.append(call)
+        self.phase = VisitPhase.CALL
+        self.keep_waiting = False
+        self.error = None
+        self.staff_video.clear()
+        self.self_video.clear()
+        await call.request()
+
+    def _go_to_start(self) -> None:
+        if self._ended_timer is not None:
+            self._ended_timer.cancel()
+            self._ended_timer = None
+        self.phase = VisitPhase.START
+        self.language = self.config.default_language
+        self.call = None
+        self.keep_waiting = False
+        self.error = None
+        self.staff_video.clear()
+        self.self_video.clear()
+        self._publish()
+
+    def _on_call_change(self, call: RemoteCounterCall) -> None:
+        if call is not self.call:
+            return
+        if call.finished and self.phase is VisitPhase.CALL:
+            if call.closed_reason == "cancelled" and call.started is None:
+                pass  # cancelled by the resident: _go_to_start follows
+            else:
+                if call.state is CallState.FAILED:
+                    self.error = _failure_text(call, self.language)
+                self._show_ended()
+        self._publish()
+
+    def _show_ended(self) -> None:
+        self.phase = VisitPhase.ENDED
+        if self._ended_timer is not None:
+            self._ended_timer.cancel()
+        self._ended_timer = asyncio.get_running_loop().call_later(
+            self.config.ended_screen_s, self._ended_screen_over
+        )
+
+    def _ended_screen_over(self) -> None:
+        self._ended_timer = None
+        if self.phase is VisitPhase.ENDED:
+            self._go_to_start()
+
+    # ---------------------------------------------------------------- signaling
+
+    async def on_welcome(self, welcome: BoothWelcome) -> None:
+        call = self.call
+        if call is not None and call.state in MEDIA_STATES:
+            if welcome.session_id is None or welcome.session_id != call.session_id:
+                await call.lose_session("the call ended while the booth was disconnected")
+        elif (
+            call is not None
+            and call.state in WAITING_STATES
+            and welcome.pending_request_id is not None
+            and welcome.pending_request_id != call.request_id
+        ):
+            logger.info("server holds request %s, not ours", welcome.pending_request_id)
+        self._publish()
+
+    async def on_disconnected(self, reason: str) -> None:
+        self._publish()
+
+    async def on_message(self, message: ServerToBooth) -> None:
+        call = self.call
+        match message:
+            case QueueStatus():
+                if call is not None:
+                    call.on_queue_status(message)
+            case RequestClosed():
+                if call is not None:
+                    call.on_request_closed(message)
+            case CallStarted():
+                if call is not None and call.request_id == message.request_id:
+                    await call.on_call_started(message)
+                else:
+                    # nobody at this booth is waiting for it (e.g. after a restart)
+                    logger.warning("call %s started for no waiting request", message.session_id)
+                    await self.signaling.send(HangUp(session_id=message.session_id))
+            case Relay():
+                if call is not None:
+                    await call.on_relay(message)
+            case SessionEnded():
+                if call is not None:
+                    await call.on_session_ended(message)
+            case ErrorMessage():
+                pass  # logged by the client
+            case _:
+                pass
+        self._publish()
+
+    # ---------------------------------------------------------------- for diagnostics
+
+    def status(self) -> dict[str, object]:
+        call = self.call
+        return {
+            "booth_id": self.config.booth_id,
+            "signaling": self.signaling.state.value,
+            "signaling_error": self.signaling.last_error,
+            "phase": self.phase.value,
+            "call_state": call.state.value if call else None,
+            "session_id": call.session_id if call else None,
+            "staff_frames": self.staff_video.frames,
+            "time": time.time(),
+        }
+
+
+def _failure_text(call: RemoteCounterCall, language: str) -> str:
+    if call.closed_reason == "abandoned":
+        if language == "ja":
+            return "受付を続けられませんでした。お手数ですが、もう一度お試しください。"
+        return "Your request could not be kept. Please try again."
+    if language == "ja":
+        return "映像通話がつながりませんでした。もう一度お試しください。"
+    return "The video call could not be connected. Please try again."

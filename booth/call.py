@@ -1,0 +1,425 @@
+"""One remote-counter call, from the resident's request to the end of the video call.
+
+An explicit state machine::
+
+    IDLE ─request()→ REQUESTING ─queue_status→ WAITING ─call_started→ CONNECTING
+      CONNECTING ─WebRTC connected→ IN_CALL ─hang up / session_ended→ ENDED
+      any waiting state ─cancel / request_closed→ ENDED (or FAILED if abandoned)
+      CONNECTING / IN_CALL ─WebRTC failed or timed out→ FAILED
+
+The booth is the WebRTC offerer: on ``call_started`` it creates an RTCPeerConnection with
+the ICE servers the server sent (never aiortc's default STUN), adds the camera and the
+microphone, and relays its offer; the staff peer's answer and trickled candidates come back
+as relays. Staff video goes to a :class:`~booth.media.FrameBuffer` that the kiosk screen
+shows; staff audio goes to the speaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+from av import VideoFrame
+
+from booth.ice import rtc_configuration
+from booth.media import BoothMedia, FrameBuffer, SelfViewTrack, Stamp
+from shared.protocol import (
+    BoothToServer,
+    CallStarted,
+    EndReason,
+    HangUp,
+    IcePayload,
+    MediaConnected,
+    MediaFailed,
+    MediaStatePayload,
+    QueueStatus,
+    Relay,
+    RequestClosed,
+    RequestHelp,
+    SdpPayload,
+    SessionEnded,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class CallState(enum.Enum):
+    IDLE = "idle"
+    REQUESTING = "requesting"  # request sent, not yet in the queue
+    WAITING = "waiting"  # in the queue
+    CONNECTING = "connecting"  # staff accepted; WebRTC being set up
+    IN_CALL = "in_call"  # media connected
+    ENDED = "ended"
+    FAILED = "failed"
+
+
+FINAL_STATES: Final = frozenset({CallState.ENDED, CallState.FAILED})
+WAITING_STATES: Final = frozenset({CallState.REQUESTING, CallState.WAITING})
+MEDIA_STATES: Final = frozenset({CallState.CONNECTING, CallState.IN_CALL})
+
+_ALLOWED: Final[dict[CallState, frozenset[CallState]]] = {
+    CallState.IDLE: frozenset({CallState.REQUESTING, CallState.ENDED}),
+    CallState.REQUESTING: frozenset(
+        {CallState.WAITING, CallState.CONNECTING, CallState.ENDED, CallState.FAILED}
+    ),
+    CallState.WAITING: frozenset(
+        {CallState.WAITING, CallState.CONNECTING, CallState.ENDED, CallState.FAILED}
+    ),
+    CallState.CONNECTING: frozenset({CallState.IN_CALL, CallState.ENDED, CallState.FAILED}),
+    CallState.IN_CALL: frozenset({CallState.ENDED, CallState.FAILED}),
+    CallState.ENDED: frozenset(),
+    CallState.FAILED: frozenset(),
+}
+
+
+class CallSignaling(Protocol):
+    """The part of the signaling client a call uses."""
+
+    async def request_help(self, request: RequestHelp) -> bool: ...
+
+    async def cancel_request(self, request_id: str) -> bool: ...
+
+    async def send(self, message: BoothToServer) -> bool: ...
+
+
+@dataclass(frozen=True)
+class CallTransition:
+    old: CallState
+    new: CallState
+    why: str
+    at: float  # time.monotonic()
+
+
+class RemoteCounterCall:
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        department: str,
+        language: str,
+        signaling: CallSignaling,
+        media: BoothMedia,
+        staff_video: FrameBuffer,
+        self_video: FrameBuffer,
+        connect_timeout_s: float,
+        on_change: Callable[[RemoteCounterCall], None] | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.department = department
+        self.language = language
+        self._signaling = signaling
+        self._media = media
+        self.staff_video = staff_video
+        self.self_video = self_video
+        self._connect_timeout_s = connect_timeout_s
+        self._on_change = on_change
+        self.state = CallState.IDLE
+        self.transitions: list[CallTransition] = []
+        self.queue: QueueStatus | None = None
+        self.started: CallStarted | None = None
+        self.end_reason: EndReason | None = None
+        self.closed_reason: str | None = None  # request_closed reason
+        self.failure: str | None = None
+        self.connected_at: float | None = None
+        self.ended_at: float | None = None
+        # what arrived from staff
+        self.video_frames = 0
+        self.last_stamp: Stamp | None = None
+        self.remote_media: MediaStatePayload | None = None
+        self._pc: RTCPeerConnection | None = None
+        self._local_tracks: list[MediaStreamTrack] = []
+        self._pending_candidates: list[IcePayload] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Condition()
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def session_id(self) -> str | None:
+        return self.started.session_id if self.started is not None else None
+
+    @property
+    def staff_name(self) -> str | None:
+        return self.started.staff.display_name if self.started is not None else None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def elapsed_s(self) -> float | None:
+        """Seconds since media connected (frozen at the end), None before."""
+        if self.connected_at is None:
+            return None
+        end = self.ended_at if self.ended_at is not None else time.monotonic()
+        return max(0.0, end - self.connected_at)
+
+    @property
+    def audio_frames(self) -> int:
+        return self._media.speaker.meter.frames
+
+    def audio_level(self) -> float:
+        return self._media.speaker.meter.level()
+
+    def tone_level(self, hz: float) -> float:
+        return self._media.speaker.meter.tone_level(hz)
+
+    def _set(self, new: CallState, why: str) -> bool:
+        old = self.state
+        if new not in _ALLOWED[old]:
+            logger.debug("call %s: ignored %s -> %s (%s)", self.request_id, old, new, why)
+            return False
+        self.state = new
+        self.transitions.append(CallTransition(old, new, why, time.monotonic()))
+        if new in FINAL_STATES:
+            self.ended_at = time.monotonic()
+        if old is not new:
+            logger.info(
+                "call %s%s: %s -> %s (%s)",
+                self.request_id,
+                f" session {self.session_id}" if self.session_id else "",
+                old.value,
+                new.value,
+                why,
+            )
+        self._notify()
+        return True
+
+    def _notify(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().create_task(self._wake())
+        if self._on_change is not None:
+            try:
+                self._on_change(self)
+            except Exception:
+                logger.exception("call state listener failed")
+
+    async def _wake(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for_state(self, *states: CallState, timeout_s: float = 10.0) -> CallState:
+        async with asyncio.timeout(timeout_s), self._changed:
+            await self._changed.wait_for(lambda: self.state in states)
+        return self.state
+
+    # ---------------------------------------------------------------- the request
+
+    async def request(self) -> None:
+        """Send the request for a remote counter (kept by the client across reconnects)."""
+        if self.state is not CallState.IDLE:
+            return
+        self._set(CallState.REQUESTING, "resident asked for help")
+        await self._signaling.request_help(
+            RequestHelp(
+                request_id=self.request_id, department=self.department, language=self.language
+            )
+        )
+
+    def on_queue_status(self, status: QueueStatus) -> None:
+        if status.request_id != self.request_id:
+            return
+        self.queue = status
+        if self.state in WAITING_STATES:
+            self._set(CallState.WAITING, f"position {status.position}")
+
+    def on_request_closed(self, closed: RequestClosed) -> None:
+        if closed.request_id != self.request_id or self.state not in WAITING_STATES:
+            return
+        self.closed_reason = closed.reason
+        if closed.reason == "abandoned":
+            self.failure = "request abandoned by the server"
+            self._set(CallState.FAILED, "request abandoned")
+        else:
+            self._set(CallState.ENDED, "request cancelled")
+
+    async def cancel(self) -> None:
+        if self.state not in WAITING_STATES and self.state is not CallState.IDLE:
+            return
+        await self._signaling.cancel_request(self.request_id)
+        self.closed_reason = "cancelled"
+        self._set(CallState.ENDED, "resident cancelled")
+
+    # ---------------------------------------------------------------- the video call
+
+    async def on_call_started(self, started: CallStarted) -> None:
+        if started.request_id != self.request_id or self.state not in WAITING_STATES:
+            return
+        self.started = started
+        self._set(CallState.CONNECTING, f"staff {started.staff.staff_id} accepted")
+        self._spawn(self._connect_timeout())
+        try:
+            pc = RTCPeerConnection(rtc_configuration(started.ice_servers))
+            self._pc = pc
+            pc.on("connectionstatechange", self._on_connection_state)
+            pc.on("track", self._on_track)
+            video = SelfViewTrack(self._media.camera.track(), self.self_video)
+            audio = self._media.microphone.track()
+            self._local_tracks = [video, audio]
+            pc.addTrack(video)
+            pc.addTrack(audio)
+            if started.role == "offerer":
+                await pc.setLocalDescription(await pc.createOffer())
+                await self._relay(SdpPayload(sdp_type="offer", sdp=pc.localDescription.sdp))
+        except Exception as err:
+            logger.exception("call %s: could not create the WebRTC offer", self.request_id)
+            await self._media_failed(f"offer failed: {type(err).__name__}")
+
+    async def on_relay(self, relay: Relay) -> None:
+        if relay.session_id != self.session_id or self.state not in MEDIA_STATES:
+            return
+        pc = self._pc
+        if pc is None:
+            return
+        payload = relay.payload
+        try:
+            if isinstance(payload, SdpPayload):
+                await self._on_sdp(pc, payload)
+            elif isinstance(payload, IcePayload):
+                if pc.remoteDescription is None:
+                    self._pending_candidates.append(payload)
+                else:
+                    await self._add_candidate(pc, payload)
+            else:
+                self.remote_media = payload
+                self._notify()
+        except Exception as err:
+            logger.warning("call %s: bad %s from staff: %s", self.request_id, payload.type, err)
+            if isinstance(payload, SdpPayload):
+                await self._media_failed(f"bad {payload.sdp_type}")
+
+    async def _on_sdp(self, pc: RTCPeerConnection, payload: SdpPayload) -> None:
+        await pc.setRemoteDescription(RTCSessionDescription(payload.sdp, payload.sdp_type))
+        if payload.sdp_type == "offer":  # only when the server made the booth the answerer
+            await pc.setLocalDescription(await pc.createAnswer())
+            await self._relay(SdpPayload(sdp_type="answer", sdp=pc.localDescription.sdp))
+        pending, self._pending_candidates = self._pending_candidates, []
+        for candidate in pending:
+            await self._add_candidate(pc, candidate)
+
+    async def _add_candidate(self, pc: RTCPeerConnection, payload: IcePayload) -> None:
+        if payload.candidate is None or not payload.candidate.strip():
+            await pc.addIceCandidate(None)
+            return
+        candidate = candidate_from_sdp(payload.candidate.removeprefix("candidate:"))
+        candidate.sdpMid = payload.sdp_mid
+        candidate.sdpMLineIndex = payload.sdp_mline_index
+        if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+            candidate.sdpMLineIndex = 0
+        await pc.addIceCandidate(candidate)
+
+    async def _relay(self, payload: SdpPayload | IcePayload | MediaStatePayload) -> None:
+        session_id = self.session_id
+        if session_id is not None:
+            await self._signaling.send(Relay(session_id=session_id, payload=payload))
+
+    async def _on_connection_state(self) -> None:
+        pc = self._pc
+        if pc is None:
+            return
+        state = pc.connectionState
+        if state == "connected" and self.state is CallState.CONNECTING:
+            self.connected_at = time.monotonic()
+            self._set(CallState.IN_CALL, "media connected")
+            session_id = self.session_id
+            if session_id is not None:
+                await self._signaling.send(MediaConnected(session_id=session_id))
+        elif state == "failed":
+            await self._media_failed("WebRTC connection failed")
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        logger.info("call %s: receiving staff %s", self.request_id, track.kind)
+        if track.kind == "video":
+            self._spawn(self._receive_video(track))
+        elif track.kind == "audio":
+            self._media.speaker.attach(track)
+
+    async def _receive_video(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                if not isinstance(frame, VideoFrame):
+                    continue
+                self.video_frames += 1
+                self.staff_video.put(frame)
+                if self.staff_video.last_stamp is not None:
+                    self.last_stamp = self.staff_video.last_stamp
+
+    async def _connect_timeout(self) -> None:
+        await asyncio.sleep(self._connect_timeout_s)
+        if self.state is CallState.CONNECTING:
+            await self._media_failed(f"not connected within {self._connect_timeout_s:g} s")
+
+    async def _media_failed(self, detail: str) -> None:
+        if self.state not in MEDIA_STATES:
+            return
+        self.failure = detail
+        session_id = self.session_id
+        self._set(CallState.FAILED, detail)
+        if session_id is not None:
+            await self._signaling.send(MediaFailed(session_id=session_id, detail=detail[:200]))
+        await self._close_media()
+
+    async def hang_up(self) -> None:
+        """The resident ends the call."""
+        if self.state not in MEDIA_STATES:
+            return
+        session_id = self.session_id
+        self.end_reason = EndReason.HANGUP_BOOTH
+        self._set(CallState.ENDED, "resident hung up")
+        if session_id is not None:
+            await self._signaling.send(HangUp(session_id=session_id))
+        await self._close_media()
+
+    async def on_session_ended(self, ended: SessionEnded) -> None:
+        if ended.session_id != self.session_id:
+            return
+        if self.end_reason is None:
+            self.end_reason = ended.reason
+        if self.state in MEDIA_STATES:
+            self._set(CallState.ENDED, f"session ended: {ended.reason.value}")
+        await self._close_media()
+
+    async def lose_session(self, why: str) -> None:
+        """Signaling came back without our session: the server has ended it."""
+        if self.state in MEDIA_STATES:
+            self.end_reason = EndReason.BOOTH_LOST
+            self.failure = why
+            self._set(CallState.FAILED, why)
+        await self._close_media()
+
+    async def _close_media(self) -> None:
+        pc, self._pc = self._pc, None
+        for track in self._local_tracks:
+            track.stop()
+        self._local_tracks = []
+        if pc is not None:
+            with contextlib.suppress(Exception):
+                await pc.close()
+        await self._media.speaker.detach()
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+
+    async def aclose(self) -> None:
+        """Leave the call without telling anyone (the agent is shutting down)."""
+        if not self.finished:
+            self._set(CallState.ENDED, "booth shutting down")
+        await self._close_media()
+        current = asyncio.current_task()
+        pending = [t for t in self._tasks if t is not current]
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
