@@ -1,0 +1,127 @@
+"""The aiohttp application of the signaling server, built by :func:`create_app`.
+
+Routes: ``/ws/booth`` and ``/ws/staff`` (WebSocket, see ``docs/protocol.md``) and
+``GET /healthz`` (JSON: ``ok``, connected ``booths`` and ``staff``, ``waiting`` requests,
+active ``sessions``).
+
+Start-up (in ``cleanup_ctx``): migrate the database when ``auto_migrate``, close sessions
+a previous run left open (``server_restart``), load departments, booths, staff and the
+recent handle times, re-queue the requests that were still waiting (their booths have
+``booth_reconnect_grace_s`` to come back), then serve. Shut-down closes every WebSocket
+(1001) and writes every queued record before the store closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from shared.config import SignalingConfig
+from shared.protocol import IceServer
+from shared.security import ice_servers_for
+from shared.store import migrate
+from signaling.matching import Dispatcher, MatchingRules, utc
+from signaling.server import SignalingServer, hard_frame_limit
+from signaling.store import SignalingStore
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = web.AppKey("signaling_config", SignalingConfig)
+SERVER_KEY = web.AppKey("signaling_server", SignalingServer)
+
+
+async def build_server(config: SignalingConfig) -> SignalingServer:
+    """Open the store, load the directory and the waiting requests, start the server."""
+    if config.auto_migrate:
+        await migrate(config.database_url)
+    store = SignalingStore(config.database_url)
+    await store.start()
+    try:
+        now = time.time()
+        interrupted = await store.close_interrupted_sessions(utc(now))
+        if interrupted:
+            log.info("%d sessions of the previous run closed (server_restart)", interrupted)
+
+        def ice_servers(user: str) -> list[IceServer]:
+            return ice_servers_for(
+                config.stun_urls, config.turn_urls, config.turn_secret, user, config.turn_ttl_s
+            )
+
+        dispatcher = Dispatcher(
+            MatchingRules.from_config(config),
+            departments=await store.departments(),
+            languages=config.languages,
+            ice_servers=ice_servers,
+        )
+        for booth in await store.booths():
+            dispatcher.upsert_booth(booth.info)
+        for account in await store.staff_accounts():
+            if account.active:
+                dispatcher.upsert_staff(account.info, account.role, account.site_id, account.skills)
+        for department, seconds in (
+            await store.recent_handle_times(config.wait_estimate_samples)
+        ).items():
+            dispatcher.add_handle_times(department, seconds)
+        restored = 0
+        for pending in await store.waiting_requests():
+            if pending.booth_id in dispatcher.booths:
+                dispatcher.restore_request(
+                    pending.request_id,
+                    pending.booth_id,
+                    pending.department,
+                    pending.language,
+                    pending.created_at,
+                    now,
+                )
+                restored += 1
+        if restored:
+            log.info("%d waiting requests restored", restored)
+    except BaseException:
+        await store.aclose()
+        raise
+    server = SignalingServer(config, store, dispatcher)
+    server.start()
+    return server
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    server = await build_server(app[CONFIG_KEY])
+    app[SERVER_KEY] = server
+    try:
+        yield
+    finally:
+        await server.aclose()
+        await server.store.aclose()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    server = app.get(SERVER_KEY)
+    if server is not None:
+        await server.shutdown()
+
+
+async def _booth_ws(request: web.Request) -> web.StreamResponse:
+    return await request.app[SERVER_KEY].handle_booth(request)
+
+
+async def _staff_ws(request: web.Request) -> web.StreamResponse:
+    return await request.app[SERVER_KEY].handle_staff(request)
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return await request.app[SERVER_KEY].handle_health(request)
+
+
+def create_app(config: SignalingConfig) -> web.Application:
+    """The signaling app; the server starts with the app (``cleanup_ctx``)."""
+    app = web.Application(client_max_size=hard_frame_limit(config))
+    app[CONFIG_KEY] = config
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_on_shutdown)
+    app.router.add_get("/ws/booth", _booth_ws)
+    app.router.add_get("/ws/staff", _staff_ws)
+    app.router.add_get("/healthz", _healthz)
+    return app

@@ -1,0 +1,337 @@
+"""Persistence of the signaling server (SQLAlchemy async, tables of :mod:`shared.store`).
+
+Reads (directory, waiting requests, recent handle times) are plain queries. Writes go
+through one writer task that takes every record queued since its last round and commits
+them in a single transaction, so the hot path only appends to a queue. A new help request
+is the exception that proves the rule: :meth:`SignalingStore.insert_request` waits until
+the row is committed (a QueueStatus must never promise a request the database does not
+have), but it rides in the same batched transaction as everything else.
+
+:meth:`SignalingStore.aclose` writes everything still queued before it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.errors import EkichikaError
+from shared.protocol import BoothInfo, Department, EndReason, StaffInfo, StaffRole
+from shared.store import (
+    Booth,
+    CallSession,
+    HelpRequest,
+    SessionEvent,
+    Site,
+    Staff,
+    create_engine,
+    session_factory,
+)
+from shared.store import Department as DepartmentRow
+from signaling.matching import (
+    NewRequest,
+    Record,
+    RequestStatus,
+    RequestStatusChanged,
+    SessionClosed,
+    SessionConnected,
+    SessionNoteSaved,
+    SessionOpened,
+    SkillKey,
+    TimelineEvent,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH: Final = 500
+
+
+class RequestIdTaken(EkichikaError):
+    """A help request with this id is already stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class BoothAccount:
+    info: BoothInfo
+    credential_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class StaffAccount:
+    info: StaffInfo
+    role: StaffRole
+    site_id: str | None
+    active: bool
+    skills: tuple[SkillKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRequest:
+    request_id: str
+    booth_id: str
+    department: str
+    language: str
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class _Item:
+    record: Record | None  # None: a flush barrier
+    done: asyncio.Future[None] | None
+
+
+class SignalingStore:
+    """The signaling server's view of the database. Start with :meth:`start`."""
+
+    def __init__(self, database_url: str) -> None:
+        self._engine = create_engine(database_url)
+        self._sessions = session_factory(self._engine)
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="signaling-store-writer")
+
+    async def aclose(self) -> None:
+        """Write what is queued, stop the writer and release the engine (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            await self.flush()
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        await self._engine.dispose()
+
+    # ------------------------------------------------------------------ reads
+
+    async def departments(self) -> list[Department]:
+        async with self._sessions() as s:
+            rows = await s.scalars(
+                select(DepartmentRow).order_by(DepartmentRow.sort_order, DepartmentRow.code)
+            )
+            return [Department(code=r.code, name_ja=r.name_ja, name_en=r.name_en) for r in rows]
+
+    async def booths(self) -> list[BoothAccount]:
+        async with self._sessions() as s:
+            rows = await s.execute(select(Booth, Site).join(Site, Booth.site_id == Site.id))
+            return [_booth_account(b, site) for b, site in rows.tuples()]
+
+    async def booth_account(self, booth_id: str) -> BoothAccount | None:
+        async with self._sessions() as s:
+            row = (
+                await s.execute(
+                    select(Booth, Site)
+                    .join(Site, Booth.site_id == Site.id)
+                    .where(Booth.id == booth_id)
+                )
+            ).first()
+            return _booth_account(*row.tuple()) if row else None
+
+    async def staff_accounts(self) -> list[StaffAccount]:
+        async with self._sessions() as s:
+            return [_staff_account(r) for r in await s.scalars(select(Staff))]
+
+    async def staff_account(self, staff_id: str) -> StaffAccount | None:
+        async with self._sessions() as s:
+            row = await s.get(Staff, staff_id)
+            return _staff_account(row) if row else None
+
+    async def waiting_requests(self) -> list[PendingRequest]:
+        """Requests still waiting (after a restart), oldest first."""
+        async with self._sessions() as s:
+            rows = await s.scalars(
+                select(HelpRequest)
+                .where(HelpRequest.status == RequestStatus.WAITING.value)
+                .order_by(HelpRequest.created_at)
+            )
+            return [
+                PendingRequest(r.id, r.booth_id, r.department, r.language, r.created_at)
+                for r in rows
+            ]
+
+    async def recent_handle_times(self, per_department: int) -> dict[str, list[float]]:
+        """Handle times (accepted → ended, seconds) of the latest sessions of each
+        department, oldest first."""
+        out: dict[str, list[float]] = defaultdict(list)
+        async with self._sessions() as s:
+            rows = await s.execute(
+                select(CallSession.department, CallSession.accepted_at, CallSession.ended_at)
+                .where(CallSession.ended_at.is_not(None))
+                .order_by(CallSession.ended_at.desc())
+            )
+            for department, accepted, ended in rows.tuples():
+                samples = out[department]
+                if len(samples) < per_department and ended is not None:
+                    samples.append(max(0.0, (ended - accepted).total_seconds()))
+        return {d: list(reversed(v)) for d, v in out.items()}
+
+    async def close_interrupted_sessions(self, at: datetime) -> int:
+        """Sessions left open by a previous run end with ``server_restart``."""
+        async with self._sessions.begin() as s:
+            result = await s.execute(
+                update(CallSession)
+                .where(CallSession.ended_at.is_(None))
+                .values(ended_at=at, outcome=EndReason.SERVER_RESTART.value)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    # ------------------------------------------------------------------ writes
+
+    async def insert_request(self, record: NewRequest) -> None:
+        """Store a new help request and return once it is committed.
+
+        Raises :class:`RequestIdTaken` when the id is already used."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._put(_Item(record, done))
+        await done
+
+    def record(self, record: Record) -> None:
+        """Queue a record; it is committed with the next batch."""
+        if self._writer is None or self._closed:
+            log.warning("store closed; dropped a %s record", type(record).__name__)
+            return
+        self._put(_Item(record, None))
+
+    async def flush(self) -> None:
+        """Return once everything queued before the call is committed."""
+        if self._writer is None or self._writer.done():
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(None, done))
+        await done
+
+    def _put(self, item: _Item) -> None:
+        if self._writer is None or self._closed:
+            raise EkichikaError("the signaling store is not running")
+        self._queue.put_nowait(item)
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[_Item]) -> None:
+        records = [i for i in batch if i.record is not None]
+        failures: dict[int, BaseException] = {}
+        try:
+            async with self._sessions.begin() as s:
+                for index, item in enumerate(records):
+                    error = await self._apply(s, item)
+                    if error is not None:
+                        failures[index] = error
+        except Exception:
+            log.exception("batch of %d records failed; writing them one by one", len(records))
+            failures = {}
+            for index, item in enumerate(records):
+                try:
+                    async with self._sessions.begin() as s:
+                        error = await self._apply(s, item)
+                    if error is not None:
+                        failures[index] = error
+                except Exception as err:
+                    log.error("dropped a %s record: %s", type(item.record).__name__, err)
+                    failures[index] = err
+        for index, item in enumerate(records):
+            if item.done is not None and not item.done.done():
+                failure = failures.get(index)
+                if failure is None:
+                    item.done.set_result(None)
+                else:
+                    item.done.set_exception(failure)
+        for item in batch:
+            if item.record is None and item.done is not None and not item.done.done():
+                item.done.set_result(None)
+
+    async def _apply(self, s: AsyncSession, item: _Item) -> BaseException | None:
+        rec = item.record
+        if isinstance(rec, NewRequest):
+            if await s.get(HelpRequest, rec.request_id) is not None:
+                return RequestIdTaken(f"request id {rec.request_id} is already used")
+            s.add(
+                HelpRequest(
+                    id=rec.request_id,
+                    booth_id=rec.booth_id,
+                    department=rec.department,
+                    language=rec.language,
+                    status=RequestStatus.WAITING.value,
+                    created_at=rec.created_at,
+                )
+            )
+            await s.flush()
+        elif isinstance(rec, RequestStatusChanged):
+            await s.execute(
+                update(HelpRequest)
+                .where(HelpRequest.id == rec.request_id)
+                .values(status=rec.status.value, closed_at=rec.at)
+            )
+        elif isinstance(rec, TimelineEvent):
+            s.add(
+                SessionEvent(
+                    request_id=rec.request_id,
+                    session_id=rec.session_id,
+                    kind=rec.kind.value,
+                    at=rec.at,
+                    staff_id=rec.staff_id,
+                    detail=rec.detail[:200] if rec.detail else None,
+                )
+            )
+        elif isinstance(rec, SessionOpened):
+            s.add(
+                CallSession(
+                    id=rec.session_id,
+                    request_id=rec.request_id,
+                    booth_id=rec.booth_id,
+                    staff_id=rec.staff_id,
+                    department=rec.department,
+                    language=rec.language,
+                    accepted_at=rec.accepted_at,
+                )
+            )
+        elif isinstance(rec, SessionConnected):
+            await s.execute(
+                update(CallSession)
+                .where(CallSession.id == rec.session_id, CallSession.connected_at.is_(None))
+                .values(connected_at=rec.at)
+            )
+        elif isinstance(rec, SessionClosed):
+            await s.execute(
+                update(CallSession)
+                .where(CallSession.id == rec.session_id)
+                .values(ended_at=rec.at, outcome=rec.outcome.value)
+            )
+        elif isinstance(rec, SessionNoteSaved):
+            await s.execute(
+                update(CallSession).where(CallSession.id == rec.session_id).values(note=rec.note)
+            )
+        return None
+
+
+def _booth_account(booth: Booth, site: Site) -> BoothAccount:
+    return BoothAccount(
+        BoothInfo(booth_id=booth.id, name=booth.name, site_id=site.id, site_name=site.name_ja),
+        booth.credential_hash,
+    )
+
+
+def _staff_account(row: Staff) -> StaffAccount:
+    return StaffAccount(
+        info=StaffInfo(staff_id=row.id, display_name=row.display_name),
+        role=StaffRole(row.role),
+        site_id=row.site_id,
+        active=row.active,
+        skills=tuple(sorted((k.department, k.language) for k in row.skills)),
+    )
