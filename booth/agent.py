@@ -90,7 +90,8 @@ class BoothAgent:
         if self.config.ice_host_addresses:
             restrict_host_addresses(self.config.ice_host_addresses)
         if self.media is None:
-            self.media = open_media(self.config.devices, caption=self.config.booth_id)
+            caption = f"SIMULATED CAMERA {self.config.booth_id}"
+            self.media = open_media(self.config.devices, caption=caption)
         for line in self.media.describe():
             logger.info("booth %s: %s", self.config.booth_id, line)
         await self.signaling.start()

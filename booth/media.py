@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import av
 import numpy as np
@@ -44,6 +44,8 @@ from aiortc import MediaStreamTrack
 from aiortc.contrib.media import MediaPlayer, MediaRelay
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from av import AudioFrame, VideoFrame
+from av.frame import Frame
+from av.packet import Packet
 from PIL import Image, ImageDraw, ImageFont
 
 from shared.config import DeviceConfig
@@ -176,8 +178,13 @@ def read_stamp_luma(luma: ByteArray) -> Stamp | None:
     )
 
 
-def read_stamp(frame: VideoFrame) -> Stamp | None:
-    """Read the stamp of a decoded frame; None if it has none (or it does not verify)."""
+def read_stamp(frame: VideoFrame | Frame | Packet[Any]) -> Stamp | None:
+    """Read the stamp of a decoded frame; None if it has none (or it does not verify).
+
+    Accepts anything a track's ``recv()`` returns; audio frames and packets give None.
+    """
+    if not isinstance(frame, VideoFrame):
+        return None
     luma = _luma_top(frame)
     return None if luma is None else read_stamp_luma(luma)
 

@@ -1,0 +1,258 @@
+// Kiosk page. It draws the last "screen" snapshot from the booth agent and reports
+// touches; it keeps no state of its own. Messages: shared/kiosk_protocol.py
+// (channels kiosk_page_to_agent / kiosk_agent_to_page of protocol.schema.json).
+"use strict";
+
+const TEXT = {
+  ja: {
+    title: "遠隔窓口",
+    department_title: "ご用件の窓口を選んでください",
+    department_lead: "市役所の職員が、画面でご案内します。",
+    back: "最初に戻る",
+    waiting_title: "職員におつなぎしています",
+    waiting_note: "順番が来ると、自動で画面が切り替わります。",
+    registering: "受付しています…",
+    next: "次にご案内します",
+    ahead: (n) => `あと ${n} 人`,
+    position: (p) => `あなたは ${p} 番目です`,
+    wait_about: (m) => `待ち時間 約 ${m} 分`,
+    wait_unknown: "待ち時間は現在わかりません",
+    cancel_waiting: "受付をやめる",
+    no_staff_title: "ただいま対応できる職員がいません。",
+    no_staff_lead: "このままお待ちいただくか、最初の画面に戻ってください。",
+    keep_waiting: "このまま待つ",
+    connecting_title: "職員とつないでいます…",
+    staff: (name) => `担当：${name}`,
+    staff_label: "担当職員",
+    elapsed_label: "通話時間",
+    hang_up: "終了",
+    lost_title: "接続が切れました。再接続しています…",
+    lost_kept: "受付はそのまま保たれています。このままお待ちください。",
+    lost_plain: "しばらくお待ちください。",
+    ended_title: "ご利用ありがとうございました",
+    countdown: (s) => `${s} 秒後に最初の画面に戻ります`,
+    to_start: "最初の画面に戻る",
+  },
+  en: {
+    title: "Remote Counter",
+    department_title: "Which counter do you need?",
+    department_lead: "A city hall staff member will help you on the screen.",
+    back: "Back to start",
+    waiting_title: "Connecting you to a staff member",
+    waiting_note: "The screen changes by itself when it is your turn.",
+    registering: "Registering your request…",
+    next: "You are next",
+    ahead: (n) => (n === 1 ? "1 person ahead" : `${n} people ahead`),
+    position: (p) => `You are number ${p} in line`,
+    wait_about: (m) => `Waiting time: about ${m} min`,
+    wait_unknown: "The waiting time is not known right now",
+    cancel_waiting: "Stop waiting",
+    no_staff_title: "No staff member is available right now.",
+    no_staff_lead: "You can keep waiting, or go back to the start.",
+    keep_waiting: "Keep waiting",
+    connecting_title: "Connecting to the staff member…",
+    staff: (name) => `Staff: ${name}`,
+    staff_label: "Staff member",
+    elapsed_label: "Call time",
+    hang_up: "End call",
+    lost_title: "The connection was lost. Reconnecting…",
+    lost_kept: "Your request is kept. Please wait a moment.",
+    lost_plain: "Please wait a moment.",
+    ended_title: "Thank you for using the remote counter",
+    countdown: (s) => `Back to the start in ${s} seconds`,
+    to_start: "Back to start",
+  },
+};
+
+// Short explanations of the departments the city offers (by department code).
+const DEPARTMENT_HELP = {
+  shimin: {
+    ja: "住民票・印鑑登録・戸籍・引っ越しの届出",
+    en: "Residence records, seal registration, family register, moving",
+  },
+  hoken: {
+    ja: "国民健康保険・国民年金・後期高齢者医療",
+    en: "Health insurance, national pension, medical care for 75+",
+  },
+  kosodate: {
+    ja: "児童手当・保育園・子育ての相談",
+    en: "Child allowance, nursery schools, parenting advice",
+  },
+  kazei: {
+    ja: "住民税・課税証明書・軽自動車税",
+    en: "Resident tax, tax certificates, light vehicle tax",
+  },
+};
+
+const state = {
+  socket: null,
+  snapshot: null,
+  receivedAt: 0,
+  retryTimer: null,
+  offlineTimer: null,
+};
+
+const $ = (id) => document.getElementById(id);
+
+function text(key, ...args) {
+  const lang = state.snapshot ? state.snapshot.language : "ja";
+  const entry = TEXT[lang][key] ?? TEXT.ja[key];
+  return typeof entry === "function" ? entry(...args) : entry;
+}
+
+function send(message) {
+  if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+    state.socket.send(JSON.stringify(message));
+  }
+}
+
+function connect() {
+  const socket = new WebSocket(`ws://${location.host}/ws`);
+  state.socket = socket;
+  socket.addEventListener("open", () => {
+    clearTimeout(state.offlineTimer);
+    $("offline").classList.remove("shown");
+  });
+  socket.addEventListener("message", (event) => {
+    const message = JSON.parse(event.data);
+    if (message.type === "screen") {
+      render(message);
+    } else if (message.type === "error") {
+      console.warn("kiosk agent:", message.message);
+    }
+  });
+  socket.addEventListener("close", () => {
+    state.socket = null;
+    clearTimeout(state.offlineTimer);
+    state.offlineTimer = setTimeout(() => $("offline").classList.add("shown"), 1500);
+    clearTimeout(state.retryTimer);
+    state.retryTimer = setTimeout(connect, 1000);
+  });
+}
+
+function formatDuration(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const r = String(s % 60).padStart(2, "0");
+  return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${r}` : `${m}:${r}`;
+}
+
+function departmentName(snapshot, code) {
+  const d = snapshot.departments.find((x) => x.code === code);
+  if (!d) return "";
+  return snapshot.language === "ja" ? d.name_ja : d.name_en;
+}
+
+function renderDepartments(snapshot) {
+  const box = $("departments");
+  box.replaceChildren();
+  for (const d of snapshot.departments) {
+    const button = document.createElement("button");
+    button.className = "big department";
+    button.dataset.action = "request_help";
+    button.dataset.department = d.code;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = snapshot.language === "ja" ? d.name_ja : d.name_en;
+    button.append(name);
+    const help = DEPARTMENT_HELP[d.code];
+    if (help) {
+      const explain = document.createElement("span");
+      explain.className = "explain";
+      explain.textContent = help[snapshot.language];
+      button.append(explain);
+    }
+    box.append(button);
+  }
+}
+
+function renderQueue(snapshot) {
+  const position = snapshot.queue_position;
+  if (position === null) {
+    $("queue-main").textContent = text("registering");
+    $("queue-sub").textContent = "";
+  } else if (position === 1) {
+    $("queue-main").textContent = text("next");
+    $("queue-sub").textContent = text("position", position);
+  } else {
+    $("queue-main").textContent = text("ahead", position - 1);
+    $("queue-sub").textContent = text("position", position);
+  }
+  const wait = snapshot.estimated_wait_s;
+  $("queue-wait").textContent =
+    position === null ? "" : wait === null ? text("wait_unknown") : text("wait_about", Math.max(1, Math.ceil(wait / 60)));
+  $("waiting-department").textContent = departmentName(snapshot, snapshot.department);
+}
+
+function setVideo(on) {
+  for (const img of [$("staff-video"), $("self-video")]) {
+    if (on && !img.getAttribute("src")) {
+      img.src = `${img.dataset.src}?t=${Date.now()}`;
+    } else if (!on && img.getAttribute("src")) {
+      img.removeAttribute("src");
+    }
+  }
+}
+
+function render(snapshot) {
+  state.snapshot = snapshot;
+  state.receivedAt = performance.now();
+  document.documentElement.lang = snapshot.language;
+  document.body.dataset.screen = snapshot.screen;
+  for (const el of document.querySelectorAll("[data-text]")) {
+    el.textContent = text(el.dataset.text);
+  }
+  $("booth-name").textContent = snapshot.booth_name;
+  for (const section of document.querySelectorAll(".screen")) {
+    section.classList.toggle("active", section.dataset.screen === snapshot.screen);
+  }
+  switch (snapshot.screen) {
+    case "department":
+      renderDepartments(snapshot);
+      break;
+    case "waiting":
+      renderQueue(snapshot);
+      break;
+    case "connecting":
+      $("connecting-staff").textContent = snapshot.staff_name ? text("staff", snapshot.staff_name) : "";
+      break;
+    case "in_call":
+      $("call-staff").textContent = snapshot.staff_name ?? "";
+      break;
+    case "connection_lost":
+      $("lost-lead").textContent = snapshot.request_kept ? text("lost_kept") : text("lost_plain");
+      break;
+    case "ended":
+      $("ended-error").textContent = snapshot.error ?? "";
+      break;
+  }
+  setVideo(snapshot.screen === "in_call");
+  tick();
+}
+
+// Call timer and the ended-screen countdown run locally between snapshots.
+function tick() {
+  const snapshot = state.snapshot;
+  if (!snapshot) return;
+  const since = (performance.now() - state.receivedAt) / 1000;
+  if (snapshot.screen === "in_call") {
+    $("call-timer").textContent = formatDuration((snapshot.call_elapsed_s ?? 0) + since);
+  } else if (snapshot.screen === "ended" && snapshot.return_to_start_s !== null) {
+    const left = Math.max(0, Math.ceil(snapshot.return_to_start_s - since));
+    $("ended-countdown").textContent = text("countdown", left);
+  }
+}
+
+document.addEventListener("click", (event) => {
+  const target = event.target.closest("[data-action]");
+  if (!target) return;
+  const message = { type: target.dataset.action };
+  if (message.type === "choose_language") message.language = target.dataset.language;
+  if (message.type === "request_help") message.department = target.dataset.department;
+  send(message);
+});
+document.addEventListener("contextmenu", (event) => event.preventDefault());
+
+setInterval(tick, 500);
+connect();
