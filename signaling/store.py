@@ -126,7 +126,7 @@ class SignalingStore:
     async def booths(self) -> list[BoothAccount]:
         async with self._sessions() as s:
             rows = await s.execute(select(Booth, Site).join(Site, Booth.site_id == Site.id))
-            return [_booth_account(b, site) for b, site in rows.tuples()]
+            return [_booth_account(b, site) for b, site in rows]
 
     async def booth_account(self, booth_id: str) -> BoothAccount | None:
         async with self._sessions() as s:
@@ -137,7 +137,7 @@ class SignalingStore:
                     .where(Booth.id == booth_id)
                 )
             ).first()
-            return _booth_account(*row.tuple()) if row else None
+            return _booth_account(row[0], row[1]) if row else None
 
     async def staff_accounts(self) -> list[StaffAccount]:
         async with self._sessions() as s:
@@ -171,7 +171,7 @@ class SignalingStore:
                 .where(CallSession.ended_at.is_not(None))
                 .order_by(CallSession.ended_at.desc())
             )
-            for department, accepted, ended in rows.tuples():
+            for department, accepted, ended in rows:
                 samples = out[department]
                 if len(samples) < per_department and ended is not None:
                     samples.append(max(0.0, (ended - accepted).total_seconds()))
