@@ -167,38 +167,40 @@ async def test_bad_frames_get_their_error_code_and_the_connection_keeps_working(
             await staff.send(SetState(state="available"))
             changed = await staff.expect(StaffStateChanged)
             assert changed.state is StaffState.AVAILABLE
-        async with aiohttp.ClientSession() as http:
-            async with http.get(ws_url.replace("ws://", "http://") + "/healthz") as resp:
-                health = await resp.json()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(ws_url.replace("ws://", "http://") + "/healthz") as resp,
+        ):
+            health = await resp.json()
         # The booth left; its request waits booth_reconnect_grace_s for it to come back.
         assert (health["ok"], health["booths"], health["waiting"]) == (True, 0, 1)
 
 
 async def test_relay_outside_the_session_is_refused_and_not_delivered(tmp_path: Path) -> None:
-    async with running_signaling(tmp_path) as (_c, ws_url, creds, token):
-        async with (
-            connect_booth(ws_url, BOOTH, creds[BOOTH]) as booth,
-            connect_booth(ws_url, OTHER_BOOTH, creds[OTHER_BOOTH]) as intruder,
-            connect_staff(ws_url, token("sato")) as sato,
-            connect_staff(ws_url, token("suzuki")) as suzuki,
-        ):
-            await sato.send(SetState(state="available"))
-            await booth.send(request("r-1"))
-            offer = await sato.expect(Offer)
-            await sato.send(AcceptOffer(offer_id=offer.offer_id))
-            started = await booth.expect(CallStarted)
-            await sato.expect(CallStarted)
-            foreign = Relay(
-                session_id=started.session_id,
-                payload=SdpPayload(sdp_type="offer", sdp="v=0 forged"),
-            )
-            await intruder.send(foreign)
-            error = await intruder.expect(ErrorMessage)
-            assert (error.code, error.fatal) == (ErrorCode.NOT_IN_SESSION, False)
-            await suzuki.send(foreign)
-            assert (await suzuki.expect(ErrorMessage)).code is ErrorCode.NOT_IN_SESSION
-            await sato.expect_none(Relay, within=0.3)
-            await booth.expect_none(Relay, within=0.1)
+    async with (
+        running_signaling(tmp_path) as (_c, ws_url, creds, token),
+        connect_booth(ws_url, BOOTH, creds[BOOTH]) as booth,
+        connect_booth(ws_url, OTHER_BOOTH, creds[OTHER_BOOTH]) as intruder,
+        connect_staff(ws_url, token("sato")) as sato,
+        connect_staff(ws_url, token("suzuki")) as suzuki,
+    ):
+        await sato.send(SetState(state="available"))
+        await booth.send(request("r-1"))
+        offer = await sato.expect(Offer)
+        await sato.send(AcceptOffer(offer_id=offer.offer_id))
+        started = await booth.expect(CallStarted)
+        await sato.expect(CallStarted)
+        foreign = Relay(
+            session_id=started.session_id,
+            payload=SdpPayload(sdp_type="offer", sdp="v=0 forged"),
+        )
+        await intruder.send(foreign)
+        error = await intruder.expect(ErrorMessage)
+        assert (error.code, error.fatal) == (ErrorCode.NOT_IN_SESSION, False)
+        await suzuki.send(foreign)
+        assert (await suzuki.expect(ErrorMessage)).code is ErrorCode.NOT_IN_SESSION
+        await sato.expect_none(Relay, within=0.3)
+        await booth.expect_none(Relay, within=0.1)
 
 
 async def test_full_call_flow_is_relayed_and_recorded(tmp_path: Path) -> None:
@@ -279,90 +281,92 @@ async def test_full_call_flow_is_relayed_and_recorded(tmp_path: Path) -> None:
 
 
 async def test_cancel_while_ringing_withdraws_the_offer_at_once(tmp_path: Path) -> None:
-    async with running_signaling(tmp_path, ring_timeout_s=10.0) as (_c, ws_url, creds, token):
-        async with (
-            connect_booth(ws_url, BOOTH, creds[BOOTH]) as booth,
-            connect_staff(ws_url, token("sato")) as staff,
-        ):
-            await staff.send(SetState(state="available"))
-            await booth.send(request("r-cancel"))
-            offer = await staff.expect(Offer)
-            started = time.monotonic()
-            await booth.send(CancelRequest(request_id="r-cancel"))
-            withdrawn = await staff.expect(OfferWithdrawn)
-            assert time.monotonic() - started < 0.5
-            assert withdrawn == OfferWithdrawn(
-                offer_id=offer.offer_id, reason=WithdrawReason.CANCELLED
-            )
-            closed = await booth.expect(RequestClosed)
-            assert (closed.request_id, closed.reason) == ("r-cancel", "cancelled")
-            # The accept that crosses the cancel is out of order, and nothing rings again.
-            await staff.send(AcceptOffer(offer_id=offer.offer_id))
-            assert (await staff.expect(ErrorMessage)).code is ErrorCode.OUT_OF_ORDER
-            await staff.expect_none(Offer, within=0.3)
+    async with (
+        running_signaling(tmp_path, ring_timeout_s=10.0) as (_c, ws_url, creds, token),
+        connect_booth(ws_url, BOOTH, creds[BOOTH]) as booth,
+        connect_staff(ws_url, token("sato")) as staff,
+    ):
+        await staff.send(SetState(state="available"))
+        await booth.send(request("r-cancel"))
+        offer = await staff.expect(Offer)
+        started = time.monotonic()
+        await booth.send(CancelRequest(request_id="r-cancel"))
+        withdrawn = await staff.expect(OfferWithdrawn)
+        assert time.monotonic() - started < 0.5
+        assert withdrawn == OfferWithdrawn(offer_id=offer.offer_id, reason=WithdrawReason.CANCELLED)
+        closed = await booth.expect(RequestClosed)
+        assert (closed.request_id, closed.reason) == ("r-cancel", "cancelled")
+        # The accept that crosses the cancel is out of order, and nothing rings again.
+        await staff.send(AcceptOffer(offer_id=offer.offer_id))
+        assert (await staff.expect(ErrorMessage)).code is ErrorCode.OUT_OF_ORDER
+        await staff.expect_none(Offer, within=0.3)
 
 
 async def test_ring_timeout_moves_the_offer_to_the_next_staff_member(tmp_path: Path) -> None:
-    async with running_signaling(tmp_path, ring_timeout_s=0.3) as (_c, ws_url, creds, token):
-        async with (
-            connect_booth(ws_url, BOOTH, creds[BOOTH]) as booth,
-            connect_staff(ws_url, token("sato")) as sato,
-            connect_staff(ws_url, token("suzuki")) as suzuki,
-        ):
-            await sato.send(SetState(state="available"))
-            await sato.expect(StaffStateChanged)
-            await suzuki.send(SetState(state="available"))
-            await suzuki.expect(StaffStateChanged)
-            await booth.send(request("r-ring"))
-            first = await sato.expect(Offer)  # idle longest
-            started = time.monotonic()
-            withdrawn = await sato.expect(OfferWithdrawn)
-            assert withdrawn.reason is WithdrawReason.TIMEOUT
-            second = await suzuki.expect(Offer)
-            assert time.monotonic() - started + 0.05 >= 0.25
-            assert second.request_id == first.request_id == "r-ring"
-            assert second.offer_id != first.offer_id
-            # Declining it too: nobody is left outside their cool-down.
-            await suzuki.send(DeclineOffer(offer_id=second.offer_id))
-            declined = await suzuki.expect(OfferWithdrawn)
-            assert declined.reason is WithdrawReason.DECLINED
-            await sato.expect_none(Offer, within=0.2)
+    async with (
+        running_signaling(tmp_path, ring_timeout_s=0.3) as (_c, ws_url, creds, token),
+        connect_booth(ws_url, BOOTH, creds[BOOTH]) as booth,
+        connect_staff(ws_url, token("sato")) as sato,
+        connect_staff(ws_url, token("suzuki")) as suzuki,
+    ):
+        await sato.send(SetState(state="available"))
+        await sato.expect(StaffStateChanged)
+        await suzuki.send(SetState(state="available"))
+        await suzuki.expect(StaffStateChanged)
+        await booth.send(request("r-ring"))
+        first = await sato.expect(Offer)  # idle longest
+        started = time.monotonic()
+        withdrawn = await sato.expect(OfferWithdrawn)
+        assert withdrawn.reason is WithdrawReason.TIMEOUT
+        second = await suzuki.expect(Offer)
+        assert time.monotonic() - started + 0.05 >= 0.25
+        assert second.request_id == first.request_id == "r-ring"
+        assert second.offer_id != first.offer_id
+        # Declining it too: nobody is left outside their cool-down.
+        await suzuki.send(DeclineOffer(offer_id=second.offer_id))
+        declined = await suzuki.expect(OfferWithdrawn)
+        assert declined.reason is WithdrawReason.DECLINED
+        await sato.expect_none(Offer, within=0.2)
 
 
 async def test_queue_position_and_estimate_follow_the_queue(tmp_path: Path) -> None:
     db = tmp_path / "signaling.sqlite3"
     url = sqlite_url(db)
     await prepare_db(url)
-    async with open_engine(url) as engine:  # two past shimin calls of 300 s and 500 s
-        async with session_factory(engine).begin() as s:
-            base = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
-            for n, seconds in enumerate((300, 500)):
-                s.add(
-                    HelpRequest(
-                        id=f"past-{n}",
-                        booth_id=BOOTH,
-                        department="shimin",
-                        language="ja",
-                        status="matched",
-                        created_at=base,
-                    )
+    # Two past shimin calls of 300 s and 500 s.
+    async with (
+        open_engine(url) as engine,
+        session_factory(engine).begin() as s,
+    ):
+        base = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+        for n, seconds in enumerate((300, 500)):
+            s.add(
+                HelpRequest(
+                    id=f"past-{n}",
+                    booth_id=BOOTH,
+                    department="shimin",
+                    language="ja",
+                    status="matched",
+                    created_at=base,
                 )
-                await s.flush()
-                s.add(
-                    CallSession(
-                        id=f"past-s{n}", request_id=f"past-{n}", booth_id=BOOTH, staff_id="sato",
-                        department="shimin", language="ja", accepted_at=base,
-                        ended_at=base + timedelta(seconds=seconds), outcome="hangup_staff",
-                    )
-                )  # fmt: skip
+            )
+            await s.flush()
+            s.add(
+                CallSession(
+                    id=f"past-s{n}", request_id=f"past-{n}", booth_id=BOOTH, staff_id="sato",
+                    department="shimin", language="ja", accepted_at=base,
+                    ended_at=base + timedelta(seconds=seconds), outcome="hangup_staff",
+                )
+            )  # fmt: skip
     overrides = {"wait_estimate_min_samples": 2, "ring_timeout_s": 10.0}
     async with (
         running_signaling(tmp_path, database_path=db, **overrides) as (
-        _c,
-        ws_url,
-        creds,
-        token,
-    ), connect_booth(ws_url, BOOTH, creds[BOOTH]) as first,
+            _c,
+            ws_url,
+            creds,
+            token,
+        ),
+        connect_booth(ws_url, BOOTH, creds[BOOTH]) as first,
         connect_booth(ws_url, OTHER_BOOTH, creds[OTHER_BOOTH]) as second,
         connect_staff(ws_url, token("sato")) as sato,
     ):
