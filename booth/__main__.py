@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 
 from aiohttp import web
@@ -35,7 +36,12 @@ async def serve(config: BoothConfig) -> None:
         site = web.TCPSite(runner, config.kiosk_host, config.kiosk_port)
         await site.start()
         print(f"kiosk UI: http://{config.kiosk_host}:{config.kiosk_port}/", flush=True)
-        await asyncio.Event().wait()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
     finally:
         await runner.cleanup()
         await agent.aclose()

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.staff_peer import AutoStaff
 from booth.agent import BoothAgent
 from booth.call import CallState
 from booth.media import audio_samples, dominant_frequency, read_stamp, tone_level
@@ -26,6 +28,7 @@ from shared.kiosk_protocol import (
 )
 from shared.protocol import (
     CancelRequest,
+    EndReason,
     ErrorCode,
     HangUp,
     MediaConnected,
@@ -34,6 +37,7 @@ from shared.protocol import (
     RequestHelp,
 )
 from tests.booth_fake_signaling import CREDENTIAL, AnsweringStaff, FakeSignaling
+from tests.signaling_support import running_signaling
 
 
 def booth_config(server: FakeSignaling, **overrides: Any) -> BoothConfig:
@@ -263,3 +267,46 @@ async def test_refused_booth_does_not_hammer(server: FakeSignaling) -> None:
         assert booth.screen().screen is KioskScreen.START
     finally:
         await booth.aclose()
+
+
+# signaling's store still calls Result.tuples(), deprecated in SQLAlchemy 2.1
+@pytest.mark.filterwarnings("ignore:The Result.tuples:DeprecationWarning")
+async def test_call_through_the_real_signaling_server(tmp_path: Path) -> None:
+    async with running_signaling(tmp_path) as signaling:
+        config = BoothConfig(
+            booth_id="seiseki-1",
+            credential=signaling.booth_credentials["seiseki-1"],
+            server_url=f"{signaling.ws_url}/ws/booth",
+            devices=DeviceConfig(video_width=320, video_height=240, video_fps=15),
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.4,
+            heartbeat_s=2.0,
+        )
+        booth = BoothAgent(config)
+        staff = AutoStaff(f"{signaling.ws_url}/ws/staff", lambda: signaling.staff_token("sato"))
+        await booth.start()
+        try:
+            welcome = await booth.signaling.wait_connected()
+            assert [d.code for d in welcome.departments] == ["shimin", "hoken", "kosodate", "kazei"]
+            await staff.connect()
+            await staff.set_available()
+            await booth.handle_touch(ChooseLanguage(language="ja"))
+            await booth.handle_touch(RequestHelpTouched(department="shimin"))
+            record = await asyncio.wait_for(staff.call_started.get(), 15)
+            await asyncio.wait_for(record.connected.wait(), 15)
+            await eventually(lambda: booth.screen().screen is KioskScreen.IN_CALL)
+            assert booth.screen().staff_name == "佐藤 花子"
+            call = booth.call
+            assert call is not None and call.session_id == record.session_id
+            await eventually(lambda: len(record.stamps) >= 10 and call.video_frames >= 10)
+            await eventually(lambda: call.audio_frames >= 40 and len(record.audio_samples) >= 40)
+            assert record.stamps == sorted(record.stamps)
+            assert record.booth_tone_level() > 0.5
+            assert call.tone_level(660.0) > 0.5
+            await booth.handle_touch(HangUpTouched())
+            await asyncio.wait_for(record.finished.wait(), 10)
+            assert record.ended is not None and record.ended.reason is EndReason.HANGUP_BOOTH
+            assert booth.screen().screen is KioskScreen.ENDED
+        finally:
+            await staff.aclose()
+            await booth.aclose()
