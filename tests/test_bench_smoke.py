@@ -1,0 +1,94 @@
+"""The matching benchmark, run as its users run it (a subprocess), with tiny numbers.
+
+It starts the real signaling server and the echo server as processes of its own; the test
+checks the JSON it prints and that it left no process and no temporary directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+REQUIRED_KEYS = {
+    "scenario",
+    "booths",
+    "staff",
+    "requests",
+    "matches",
+    "matches_per_s",
+    "request_to_offer_p50_ms",
+    "request_to_offer_p99_ms",
+    "echo_p50_ms",
+    "echo_p99_ms",
+    "ratio_p99_vs_echo",
+    "server_rss_mb",
+    "server_cpu_percent",
+    "target_p99_ms",
+    "meets_target",
+}
+
+
+def test_matching_benchmark_small_run() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.matching",
+            "--booths=20",
+            "--staff=5",
+            "--rate=10",
+            "--duration=2",
+            "--hold=0.2",
+            "--drain=5",
+            "--timeout=50",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=55,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout  # exactly one JSON object on stdout
+    result = json.loads(lines[0])
+
+    assert result.keys() >= REQUIRED_KEYS
+    assert result["scenario"] == "matching"
+    assert (result["booths"], result["staff"]) == (20, 5)
+    # 10 requests/s for 2 s; 20 booths are enough that none is ever skipped.
+    assert result["requests"] == 20
+    assert result["skipped_no_idle_booth"] == 0
+    assert result["matches"] == result["requests"]
+    assert result["matches_per_s"] == 10.0
+    assert result["errors"] == {}
+    assert result["frames_to_staff"]["offer"] >= result["matches"]
+    assert result["frames_to_booths"]["call_started"] == result["matches"]
+
+    p50, p99 = result["request_to_offer_p50_ms"], result["request_to_offer_p99_ms"]
+    assert 0 < p50 <= p99 < 2000
+    e50, e99 = result["echo_p50_ms"], result["echo_p99_ms"]
+    assert 0 < e50 <= e99 < 2000
+    assert math.isclose(result["ratio_p99_vs_echo"], p99 / e99, rel_tol=0.02, abs_tol=0.01)
+    assert result["echo_answered"] == result["echo_messages"] == 20
+    assert result["echo_connections"] == 25
+
+    assert 10 < result["server_rss_mb"] < 2000
+    assert 0 <= result["server_cpu_percent"] < 250
+    assert result["target_p99_ms"] == 20
+    assert result["meets_target"] is (p99 <= 20)
+
+    # Everything it started is gone: the two server processes and the working directory.
+    pids = [int(p) for p in re.findall(r"started .+? \(pid (\d+)\)", proc.stderr)]
+    assert len(pids) == 2, proc.stderr[-4000:]
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"process {pid} outlived the benchmark"
+    workdir = re.search(r"working directory (\S+)", proc.stderr)
+    assert workdir is not None
+    assert not Path(workdir.group(1)).exists()
