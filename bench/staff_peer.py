@@ -21,6 +21,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
+from av import AudioFrame
 
 from booth.ice import rtc_configuration
 from booth.media import StampedVideoTrack, ToneAudioTrack, read_stamp, tone_level
@@ -223,13 +224,13 @@ class AutoStaff:
             case Relay():
                 self._spawn(self._on_relay(message))
             case SessionEnded():
-                record = self.calls.get(message.session_id)
+                ended = self.calls.get(message.session_id)
                 pc = self._pcs.pop(message.session_id, None)
                 if pc is not None:
                     await pc.close()
-                if record is not None:
-                    record.ended = message
-                    record.finished.set()
+                if ended is not None:
+                    ended.ended = message
+                    ended.finished.set()
             case ErrorMessage():
                 log.warning("signaling error %s: %s", message.code, message.message)
                 self.errors.append(message)
@@ -292,7 +293,7 @@ class AutoStaff:
                     if record.first_frame_at is None:
                         record.first_frame_at = now
                         record.first_frame.set()
-                else:
+                elif isinstance(frame, AudioFrame):
                     samples = frame.to_ndarray().reshape(-1)
                     if frame.layout.name == "stereo":
                         samples = samples[::2]
