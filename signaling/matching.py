@@ -849,7 +849,7 @@ class Dispatcher:
                 for position, req in enumerate(group, 1):
                     if self.booths[req.booth_id].online:
                         out.extend(self._queue_status(req, position, online))
-            cache: dict[frozenset[SkillKey], QueueSnapshot] = {}
+            cache: dict[frozenset[SkillKey], tuple[QueueSnapshot, tuple[object, ...]]] = {}
             for member in self.staff.values():
                 if member.connected and member.takes_calls and not member.skills.isdisjoint(keys):
                     snap = self._snapshot_for(member, cache)
@@ -947,20 +947,22 @@ class Dispatcher:
         return req.entry
 
     def _snapshot_for(
-        self, member: StaffMember, cache: dict[frozenset[SkillKey], QueueSnapshot]
+        self,
+        member: StaffMember,
+        cache: dict[frozenset[SkillKey], tuple[QueueSnapshot, tuple[object, ...]]],
     ) -> ServerToStaff | None:
         if not member.takes_calls:
             return self._booths_snapshot_for(member, {})
-        snap = cache.get(member.skills)
-        if snap is None:
+        cached = cache.get(member.skills)
+        if cached is None:
             reqs: list[WaitingRequest] = []
             for key in member.skills:
                 reqs.extend(self._by_key.get(key, ()))
             reqs.sort(key=lambda r: r.seq)
             entries = [self._queue_entry(r) for r in reqs[: self.rules.queue_snapshot_max_entries]]
-            snap = QueueSnapshot(entries=entries)
-            cache[member.skills] = snap
-        signature = tuple((e.request_id, e.offered_to) for e in snap.entries)
+            signature: tuple[object, ...] = tuple((e.request_id, e.offered_to) for e in entries)
+            cached = cache[member.skills] = (QueueSnapshot(entries=entries), signature)
+        snap, signature = cached
         if signature == member.last_snapshot:
             return None
         member.last_snapshot = signature

@@ -73,6 +73,7 @@ CLOSE_SLOW: Final = 4408  # the peer did not read its frames
 CLOSE_GOING_AWAY: Final = 1001
 
 MAX_PENDING_FRAMES: Final = 2000
+PUSH_SLICE: Final = 100  # fan-out frames sent per event-loop turn
 
 H = TypeVar("H", BoothHello, StaffHello)
 
@@ -273,8 +274,12 @@ class SignalingServer:
             await asyncio.sleep(interval)
             try:
                 actions = self.dispatcher.collect_pushes()
-                if actions:
-                    self.perform(actions)
+                # Large fan-outs go out in slices so that offers and relays are not held
+                # up behind them.
+                for start in range(0, len(actions), PUSH_SLICE):
+                    if start:
+                        await asyncio.sleep(0)
+                    self.perform(actions[start : start + PUSH_SLICE])
             except Exception:
                 log.exception("queue fan-out failed")
 
