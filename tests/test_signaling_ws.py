@@ -14,6 +14,7 @@ from sqlalchemy import select
 from shared.protocol import (
     AcceptOffer,
     BoothHello,
+    BoothWelcome,
     CallStarted,
     CancelRequest,
     DeclineOffer,
@@ -41,7 +42,7 @@ from shared.protocol import (
 )
 from shared.security import issue_staff_token
 from shared.store import CallSession, HelpRequest, SessionEvent, session_factory
-from signaling.server import CLOSE_AUTH
+from signaling.server import CLOSE_AUTH, CLOSE_DUPLICATE
 from tests.signaling_support import (
     connect_booth,
     connect_staff,
@@ -386,3 +387,20 @@ async def test_queue_position_and_estimate_follow_the_queue(tmp_path: Path) -> N
         while moved.position != 1 or not moved.ringing:
             moved = await second.expect(QueueStatus)
         assert (moved.position, moved.estimated_wait_s, moved.ringing) == (1, 400, True)
+
+
+async def test_a_second_connection_replaces_the_first(tmp_path: Path) -> None:
+    async with (
+        running_signaling(tmp_path) as (_c, ws_url, creds, _t),
+        connect_booth(ws_url, BOOTH, creds[BOOTH]) as old,
+    ):
+        await old.send(request("r-dup"))
+        await old.expect(QueueStatus)
+        async with connect_booth(ws_url, BOOTH, creds[BOOTH]) as new:
+            error = await old.expect(ErrorMessage)
+            assert (error.code, error.fatal) == (ErrorCode.DUPLICATE_CONNECTION, True)
+            assert await old.expect_closed() == CLOSE_DUPLICATE
+            welcome = new.history[0]
+            assert isinstance(welcome, BoothWelcome) and welcome.pending_request_id == "r-dup"
+            await new.send(CancelRequest(request_id="r-dup"))
+            assert (await new.expect(RequestClosed)).request_id == "r-dup"
