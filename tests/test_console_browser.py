@@ -1,0 +1,428 @@
+"""The HQ console in Debian's Chromium against the real signaling server and a real booth.
+
+Signaling, the console and the booth agent (aiortc, simulated 320x240 camera) run in this
+process on loopback and share one seeded SQLite file. A staff member signs in through the
+form, takes the booth's call and the test proves by content that video flowed both ways
+(frames decoded in the page, staff frames at the booth), that hang-up and wrap-up reached
+the database, and that every WebSocket frame the page sent is valid under the protocol's
+JSON Schema (channel ``staff_to_server``) — the check that keeps the browser code and
+``shared/protocol.py`` in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from aiohttp import web
+from playwright.async_api import BrowserContext, Page, Playwright, async_playwright, expect
+
+from booth.agent import BoothAgent
+from booth.call import CallState, RemoteCounterCall
+from booth.kiosk import create_kiosk_app
+from hq_console.app import STATIC_DIR, create_app
+from shared.config import BoothConfig, ConsoleConfig, DeviceConfig
+from shared.kiosk_protocol import ChooseLanguage, HangUpTouched, RequestHelpTouched
+from shared.protocol import EndReason
+from shared.store.db import session_factory
+from shared.store.models import CallSession
+from tests.signaling_support import (
+    DEMO_PASSWORD,
+    TOKEN_SECRET,
+    RunningSignaling,
+    open_engine,
+    running_signaling,
+    sqlite_url,
+)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian chromium"),
+]
+
+BASE_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+FAKE_MEDIA_FLAGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+BOOTH_NAME = "聖蹟桜ヶ丘 1番ブース"
+RECEIVE_ONLY_NOTICE = "カメラ・マイクが使えないため、受信のみで通話しています"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(
+    probe: Callable[[], Any] | Callable[[], Awaitable[Any]], within: float, what: str
+) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        result = probe()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class System:
+    signaling: RunningSignaling
+    database_url: str
+    console_url: str  # http://127.0.0.1:PORT
+    booth: BoothAgent
+    kiosk_url: str
+
+
+@pytest.fixture
+async def system(tmp_path: Path) -> AsyncIterator[System]:
+    console_port = free_port()
+    console_url = f"http://127.0.0.1:{console_port}"
+    async with running_signaling(
+        tmp_path, ring_timeout_s=20.0, allowed_origins=[console_url]
+    ) as signaling:
+        database_url = sqlite_url(tmp_path / "signaling.sqlite3")
+        console_config = ConsoleConfig(
+            host="127.0.0.1",
+            port=console_port,
+            database_url=database_url,
+            token_secret=TOKEN_SECRET,
+            cookie_secret="console-cookie-secret-for-tests",
+            signaling_url=f"{signaling.ws_url}/ws/staff",
+            token_ttl_s=60,
+        )
+        console = web.AppRunner(create_app(console_config), shutdown_timeout=1.0)
+        await console.setup()
+        kiosk_port = free_port()
+        booth = BoothAgent(
+            BoothConfig(
+                booth_id="seiseki-1",
+                credential=signaling.booth_credentials["seiseki-1"],
+                server_url=f"{signaling.ws_url}/ws/booth",
+                kiosk_port=kiosk_port,
+                devices=DeviceConfig(video_width=320, video_height=240, video_fps=15),
+                ice_host_addresses=["127.0.0.1"],
+                reconnect_min_s=0.1,
+                reconnect_max_s=0.5,
+                ended_screen_s=30.0,
+            )
+        )
+        kiosk = web.AppRunner(create_kiosk_app(booth), shutdown_timeout=1.0)
+        try:
+            await web.TCPSite(console, "127.0.0.1", console_port).start()
+            await booth.start()
+            await kiosk.setup()
+            await web.TCPSite(kiosk, "127.0.0.1", kiosk_port).start()
+            await eventually(lambda: booth.signaling.connected, 10, "the booth to sign in")
+            yield System(
+                signaling,
+                database_url,
+                console_url,
+                booth,
+                f"http://127.0.0.1:{kiosk_port}/",
+            )
+        finally:
+            await kiosk.cleanup()
+            await booth.aclose()
+            await console.cleanup()
+
+
+@pytest.fixture
+async def playwright() -> AsyncIterator[Playwright]:
+    async with async_playwright() as p:
+        yield p
+
+
+async def _chromium(playwright: Playwright, profile: Path, *, fake_media: bool) -> BrowserContext:
+    return await playwright.chromium.launch_persistent_context(
+        str(profile),
+        executable_path="/usr/bin/chromium",
+        headless=True,
+        args=BASE_FLAGS + (FAKE_MEDIA_FLAGS if fake_media else []),
+        viewport={"width": 1280, "height": 860},
+        locale="ja-JP",
+    )
+
+
+@dataclass
+class SentFrames:
+    """Every WebSocket frame the page sent to signaling, checked against the schema."""
+
+    frames: list[str] = field(default_factory=list)
+
+    def attach(self, page: Page) -> None:
+        def on_websocket(ws: Any) -> None:
+            ws.on("framesent", lambda payload: self.frames.append(payload))
+
+        page.on("websocket", on_websocket)
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [json.loads(f) for f in self.frames]
+
+    def types(self) -> list[str]:
+        return [m["type"] for m in self.messages()]
+
+    def validate(self) -> None:
+        schema = json.loads((STATIC_DIR / "protocol.schema.json").read_text(encoding="utf-8"))
+        validator = jsonschema.Draft202012Validator(schema["channels"]["staff_to_server"])
+        assert self.frames, "the page sent nothing"
+        for frame in self.frames:
+            assert isinstance(frame, str), "staff frames are text"
+            errors = sorted(validator.iter_errors(json.loads(frame)), key=str)
+            assert not errors, f"frame {frame[:200]!r} breaks the schema: {errors[0].message}"
+
+
+async def _sign_in(page: Page, base_url: str, login: str) -> None:
+    await page.goto(f"{base_url}/login")
+    await expect(page.locator("h1")).to_contain_text("職員ログイン")
+    await page.fill("#login", login)
+    await page.fill("#password", DEMO_PASSWORD)
+    await page.get_by_role("button", name="ログイン").click()
+
+
+async def _sign_in_hq(page: Page, base_url: str) -> None:
+    await _sign_in(page, base_url, "sato")
+    await page.wait_for_url(f"{base_url}/console")
+    await expect(page.locator("body")).to_have_attribute("data-connection", "connected")
+    await expect(page.locator("#me-name")).to_have_text("佐藤 花子")
+    await expect(page.locator("body")).to_have_attribute("data-state", "away")
+
+
+async def _start_taking_calls(page: Page) -> None:
+    toggle = page.locator("#toggle-available")
+    await expect(toggle).to_have_text("受付開始")
+    await toggle.click()
+    await expect(page.locator("body")).to_have_attribute("data-state", "available")
+    await expect(page.locator("#state-label")).to_have_text("受付中")
+    await expect(toggle).to_have_text("離席")
+
+
+async def _resident_asks_for_help(booth: BoothAgent) -> RemoteCounterCall:
+    await booth.handle_touch(ChooseLanguage(language="ja"))
+    await booth.handle_touch(RequestHelpTouched(department="shimin"))
+    call = booth.call
+    assert call is not None
+    return call
+
+
+async def _answer_ringing_offer(page: Page) -> None:
+    ring = page.locator("#ring-panel")
+    await expect(ring).to_be_visible(timeout=10_000)
+    await expect(page.locator("body")).to_have_attribute("data-state", "ringing")
+    await expect(page.locator("#ring-booth")).to_have_text(BOOTH_NAME)
+    await expect(page.locator("#ring-site")).to_have_text("聖蹟桜ヶ丘駅サービスポイント")
+    await expect(page.locator("#ring-department")).to_have_text("市民課")
+    await expect(page.locator("#ring-language")).to_have_text("日本語")
+    seconds = int(await page.locator("#ring-countdown").inner_text())
+    assert 1 <= seconds <= 20
+    await page.get_by_role("button", name="応答").click()
+    await expect(ring).to_be_hidden()
+    await expect(page.locator("body")).to_have_attribute("data-state", "in_call")
+
+
+async def _frames_decoded(page: Page) -> int:
+    """Decoded frames of the booth's video, from the page's RTCPeerConnection stats."""
+    return int(
+        await page.evaluate(
+            """async () => {
+                const pc = window.ekichika.pc;
+                if (!pc) return 0;
+                let frames = 0;
+                (await pc.getStats()).forEach((r) => {
+                    if (r.type === "inbound-rtp" && r.kind === "video") {
+                        frames = Math.max(frames, r.framesDecoded || 0);
+                    }
+                });
+                return frames;
+            }"""
+        )
+    )
+
+
+async def _session_row(database_url: str, session_id: str) -> CallSession | None:
+    async with open_engine(database_url) as engine, session_factory(engine)() as s:
+        return await s.get(CallSession, session_id)
+
+
+async def test_staff_takes_a_call_with_video_both_ways(
+    system: System, playwright: Playwright, tmp_path: Path, artifacts: Path
+) -> None:
+    booth = system.booth
+    context = await _chromium(playwright, tmp_path / "hq-profile", fake_media=True)
+    try:
+        page = await context.new_page()
+        sent = SentFrames()
+        sent.attach(page)
+        await _sign_in_hq(page, system.console_url)
+        await _start_taking_calls(page)
+
+        call = await _resident_asks_for_help(booth)
+        await _answer_ringing_offer(page)
+
+        # Video both ways, proven by content: frames decoded in the page, and the staff
+        # camera's frames received by the booth.
+        await eventually(lambda: _frames_decoded(page), 20, "booth frames decoded in the page")
+        await eventually(lambda: call.state is CallState.IN_CALL, 10, "the booth in the call")
+        await eventually(lambda: booth.staff_video.frames > 5, 15, "staff video at the booth")
+        assert call.video_frames > 5
+        first = await _frames_decoded(page)
+        await asyncio.sleep(1.0)
+        assert await _frames_decoded(page) > first, "the booth's video keeps arriving"
+        assert call.remote_media is not None
+        assert (call.remote_media.audio, call.remote_media.video) == ("on", "on")
+        assert await page.evaluate("window.ekichika.mediaMode") == "full"
+        await expect(page.locator("#media-notice")).to_be_hidden()
+        await expect(page.locator("#call-booth")).to_have_text(BOOTH_NAME)
+        await expect(page.locator("#call-department")).to_have_text("市民課")
+        await eventually(
+            lambda: page.evaluate("document.getElementById('remote-video').videoWidth === 320"),
+            10,
+            "the booth video at 320x240 in the page",
+        )
+        await expect(page.locator("body")).to_have_attribute("data-call", "connected")
+        await page.screenshot(path=str(artifacts / "console-in-call.png"))
+
+        # The resident's side of the same call (the booth's kiosk page).
+        kiosk = await context.new_page()
+        await kiosk.goto(system.kiosk_url)
+        await expect(kiosk.locator("body")).to_have_attribute("data-screen", "in_call")
+        await asyncio.sleep(1.0)  # a few staff frames on the kiosk screen
+        await kiosk.screenshot(path=str(artifacts / "kiosk-in-call.png"))
+        await kiosk.close()
+
+        # Branch staff on site see the booth in the call (their own browser).
+        branch_browser = await _chromium(playwright, tmp_path / "branch-profile", fake_media=False)
+        try:
+            branch = await branch_browser.new_page()
+            await _sign_in(branch, system.console_url, "takahashi")
+            await branch.wait_for_url(f"{system.console_url}/branch")
+            card = branch.locator('.booth-card[data-booth-id="seiseki-1"]')
+            await expect(card).to_have_attribute("data-state", "in_call")
+            await expect(card.locator(".booth-state")).to_contain_text("通話中")
+            await expect(card.locator(".booth-staff")).to_contain_text("佐藤 花子")
+            await expect(card.locator(".booth-since")).to_contain_text("秒前から")
+            await branch.screenshot(path=str(artifacts / "branch.png"))
+        finally:
+            await branch_browser.close()
+
+        # Mute: the booth is told.
+        await page.get_by_role("button", name="マイクをミュート").click()
+        await eventually(
+            lambda: call.remote_media is not None and call.remote_media.audio == "muted",
+            5,
+            "the booth to learn that staff muted",
+        )
+
+        # Hang up from the console.
+        session_id = call.session_id
+        assert session_id is not None
+        await page.get_by_role("button", name="終了").click()
+        await eventually(lambda: call.end_reason is not None, 10, "SessionEnded at the booth")
+        assert call.end_reason is EndReason.HANGUP_STAFF
+        assert call.state is CallState.ENDED
+        wrap_up = page.locator("#wrapup-panel")
+        await expect(wrap_up).to_be_visible()
+        await expect(page.locator("body")).to_have_attribute("data-state", "wrap_up")
+        await expect(page.locator("#wrapup-reason")).to_have_text("通話を終了しました。")
+        row = await _session_row(system.database_url, session_id)
+        assert row is not None
+        assert row.ended_at is not None
+        assert row.outcome == EndReason.HANGUP_STAFF.value
+        assert row.staff_id == "sato" and row.booth_id == "seiseki-1"
+
+        note = "住民票の写しについて案内済み。次回マイナンバーカード持参。"
+        await page.fill("#wrapup-note", note)
+        await page.get_by_role("button", name="後処理完了").click()
+        await expect(page.locator("body")).to_have_attribute("data-state", "available")
+        await expect(wrap_up).to_be_hidden()
+
+        async def note_stored() -> bool:
+            stored = await _session_row(system.database_url, session_id)
+            return stored is not None and stored.note == note
+
+        await eventually(note_stored, 5, "the wrap-up note in call_sessions")
+
+        types = sent.types()
+        for expected in ("hello", "set_state", "accept", "relay", "media_connected"):
+            assert expected in types
+        assert types[0] == "hello"
+        assert types[-2:] == ["hang_up", "wrap_up_done"]
+        answers = [
+            m for m in sent.messages() if m["type"] == "relay" and m["payload"]["type"] == "sdp"
+        ]
+        assert len(answers) == 1 and answers[0]["payload"]["sdp_type"] == "answer"
+        assert "a=candidate" in answers[0]["payload"]["sdp"]
+        sent.validate()
+        assert await page.evaluate("window.ekichika.lastError") is None
+    finally:
+        await context.close()
+
+
+async def test_staff_without_camera_takes_the_call_receive_only(
+    system: System, playwright: Playwright, tmp_path: Path, artifacts: Path
+) -> None:
+    booth = system.booth
+    # No fake devices, no auto-accepted permission prompt: getUserMedia fails.
+    context = await _chromium(playwright, tmp_path / "no-camera-profile", fake_media=False)
+    try:
+        page = await context.new_page()
+        sent = SentFrames()
+        sent.attach(page)
+        await _sign_in_hq(page, system.console_url)
+        await _start_taking_calls(page)
+        call = await _resident_asks_for_help(booth)
+        await _answer_ringing_offer(page)
+
+        notice = page.locator("#media-notice")
+        await expect(notice).to_have_text(RECEIVE_ONLY_NOTICE, timeout=25_000)
+        assert await page.evaluate("window.ekichika.mediaMode") == "receive-only"
+        await eventually(lambda: _frames_decoded(page), 20, "booth frames decoded in the page")
+        await eventually(lambda: call.state is CallState.IN_CALL, 10, "the booth in the call")
+        await eventually(lambda: call.remote_media is not None, 5, "the staff media state")
+        assert call.remote_media is not None
+        assert (call.remote_media.audio, call.remote_media.video) == ("none", "none")
+        assert booth.staff_video.frames == 0
+        await expect(page.locator("#local-none")).to_be_visible()
+        await expect(page.get_by_role("button", name="マイクをミュート")).to_be_disabled()
+        await page.screenshot(path=str(artifacts / "console-receive-only.png"))
+
+        # This time the resident hangs up.
+        session_id = call.session_id
+        assert session_id is not None
+        await booth.handle_touch(HangUpTouched())
+        await expect(page.locator("#wrapup-panel")).to_be_visible()
+        await expect(page.locator("#wrapup-reason")).to_have_text("利用者が通話を終了しました。")
+        await page.get_by_role("button", name="後処理完了").click()
+        await expect(page.locator("body")).to_have_attribute("data-state", "available")
+        row = await _session_row(system.database_url, session_id)
+        assert row is not None and row.outcome == EndReason.HANGUP_BOOTH.value
+        assert row.ended_at is not None
+
+        types = sent.types()
+        assert "media_connected" in types and "wrap_up_done" in types
+        sent.validate()
+    finally:
+        await context.close()
