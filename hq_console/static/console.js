@@ -202,6 +202,8 @@ function setState(state, reason) {
 function renderToggle() {
   const button = $("toggle-available");
   const connected = page.connection === "connected";
+  // While ringing, in a call or in wrap-up the state is the server's; no toggle to show.
+  button.hidden = ["ringing", "in_call", "wrap_up"].includes(page.state);
   if (page.state === "available") {
     button.textContent = "離席";
     button.className = "away-button";
@@ -735,8 +737,11 @@ function onWelcome(msg) {
       $("call-panel").hidden = false;
       $("hangup").disabled = false;
     }
-  } else if (!msg.session_id && page.session) {
+  } else if (page.session && page.session.id !== msg.session_id) {
+    // The call ended while this page was disconnected from signaling.
+    const endedId = page.session.id;
     endCallMedia();
+    if (msg.state === "wrap_up") showWrapUp(endedId, "接続が切れている間に通話が終了しました。");
   }
   if (page.offer && msg.state !== "ringing") hideOffer();
 }
@@ -772,7 +777,10 @@ function onMessage(msg) {
     case "error":
       page.lastError = msg;
       errorBox.show(msg);
-      if (msg.ref === "accept" && page.offer) hideOffer();
+      if (msg.ref === "accept" && page.offer) {
+        hideOffer();
+        releasePendingMedia();
+      }
       break;
     default:
       break; // booths snapshots etc. are for other pages
