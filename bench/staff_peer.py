@@ -62,6 +62,8 @@ class CallRecord:
     offer_at: float
     accepted_at: float
     call_started_at: float | None = None
+    offer_sdp_at: float | None = None  # the booth's WebRTC offer arrived
+    answer_sent_at: float | None = None
     connected_at: float | None = None
     first_frame_at: float | None = None
     frames: int = 0
@@ -258,7 +260,10 @@ class AutoStaff:
         if pc is None:
             return
         payload = relay.payload
+        record = self.calls.get(relay.session_id)
         if isinstance(payload, SdpPayload) and payload.sdp_type == "offer":
+            if record is not None:
+                record.offer_sdp_at = time.monotonic()
             await pc.setRemoteDescription(RTCSessionDescription(payload.sdp, "offer"))
             if self._send_media:
                 width, height = self._video_size
@@ -272,6 +277,8 @@ class AutoStaff:
                     payload=SdpPayload(sdp_type="answer", sdp=local.sdp),
                 )
             )
+            if record is not None:
+                record.answer_sent_at = time.monotonic()
         elif isinstance(payload, IcePayload) and payload.candidate:
             candidate = candidate_from_sdp(payload.candidate.removeprefix("candidate:"))
             candidate.sdpMid = payload.sdp_mid
