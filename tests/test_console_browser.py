@@ -31,7 +31,12 @@ from booth.call import CallState, RemoteCounterCall
 from booth.kiosk import create_kiosk_app
 from hq_console.app import STATIC_DIR, create_app
 from shared.config import BoothConfig, ConsoleConfig, DeviceConfig
-from shared.kiosk_protocol import ChooseLanguage, HangUpTouched, RequestHelpTouched
+from shared.kiosk_protocol import (
+    CancelTouched,
+    ChooseLanguage,
+    HangUpTouched,
+    RequestHelpTouched,
+)
 from shared.protocol import EndReason
 from shared.store.db import session_factory
 from shared.store.models import CallSession
@@ -236,6 +241,10 @@ async def _answer_ringing_offer(page: Page) -> None:
     await expect(page.locator("#ring-site")).to_have_text("聖蹟桜ヶ丘駅サービスポイント")
     await expect(page.locator("#ring-department")).to_have_text("市民課")
     await expect(page.locator("#ring-language")).to_have_text("日本語")
+    # The waiting queue lists the request, with its waiting time counting up.
+    row = page.locator("#queue-body tr").filter(has_text=BOOTH_NAME)
+    await expect(row).to_contain_text("市民課")
+    await expect(row.locator("td.waiting")).to_contain_text("秒")
     seconds = int(await page.locator("#ring-countdown").inner_text())
     assert 1 <= seconds <= 20
     await page.get_by_role("button", name="応答").click()
@@ -393,6 +402,16 @@ async def test_staff_without_camera_takes_the_call_receive_only(
         sent.attach(page)
         await _sign_in_hq(page, system.console_url)
         await _start_taking_calls(page)
+
+        # A request that the resident cancels while it rings: the offer disappears.
+        await _resident_asks_for_help(booth)
+        await expect(page.locator("#ring-panel")).to_be_visible(timeout=10_000)
+        await booth.handle_touch(CancelTouched())
+        await expect(page.locator("#ring-panel")).to_be_hidden()
+        await expect(page.locator("#notice")).to_have_text("利用者が呼び出しを取り消しました。")
+        await expect(page.locator("body")).to_have_attribute("data-state", "available")
+        await expect(page.locator("#queue-empty")).to_be_visible()
+
         call = await _resident_asks_for_help(booth)
         await _answer_ringing_offer(page)
 
