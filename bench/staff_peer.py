@@ -138,13 +138,14 @@ class AutoStaff:
         await self._ws.send_str(wire.encode(message))
 
     async def set_available(self) -> None:
+        """Become available (with requests waiting, an offer may ring at once)."""
         await self.send(SetState(state="available"))
-        await self.wait_state("available")
+        await self.wait_state("available", "ringing", "in_call")
 
-    async def wait_state(self, state: str, timeout_s: float = 10) -> None:
+    async def wait_state(self, *states: str, timeout_s: float = 10) -> None:
         async with asyncio.timeout(timeout_s):
             async with self._state_changed:
-                await self._state_changed.wait_for(lambda: self.state == state)
+                await self._state_changed.wait_for(lambda: self.state in states)
 
     async def accept(self, offer: Offer, offer_at: float) -> None:
         self._pending[offer.request_id] = (offer_at, offer, time.monotonic())

@@ -37,6 +37,7 @@ from shared.kiosk_protocol import (
 from shared.protocol import (
     BoothWelcome,
     CallStarted,
+    CancelRequest,
     ErrorMessage,
     HangUp,
     QueueStatus,
@@ -302,13 +303,17 @@ class BoothAgent:
         if call is not None and call.state in MEDIA_STATES:
             if welcome.session_id is None or welcome.session_id != call.session_id:
                 await call.lose_session("the call ended while the booth was disconnected")
-        elif (
-            call is not None
-            and call.state in WAITING_STATES
-            and welcome.pending_request_id is not None
-            and welcome.pending_request_id != call.request_id
-        ):
-            logger.info("server holds request %s, not ours", welcome.pending_request_id)
+        elif welcome.session_id is not None:
+            # The server still holds a call this booth no longer has (the agent restarted).
+            logger.info("ending session %s left from before", welcome.session_id)
+            await self.signaling.send(HangUp(session_id=welcome.session_id))
+        ours = call.request_id if call is not None and call.state in WAITING_STATES else None
+        stale = welcome.pending_request_id
+        if stale is not None and stale != ours:
+            # Queued before the agent restarted: nobody at the booth waits for it any more.
+            # Cancel it first, so that a request of ours can be sent after it.
+            logger.info("cancelling request %s left from before", stale)
+            await self.signaling.send(CancelRequest(request_id=stale))
         self._publish()
 
     async def on_disconnected(self, reason: str) -> None:
@@ -337,7 +342,10 @@ class BoothAgent:
                 if call is not None:
                     await call.on_session_ended(message)
             case ErrorMessage():
-                pass  # logged by the client
+                # logged by the client; a refused request must not leave the resident
+                # looking at "受付しています…" for ever
+                if call is not None and message.ref == "request_help":
+                    call.on_request_refused(message)
             case _:
                 pass
         self._publish()
@@ -359,6 +367,10 @@ class BoothAgent:
 
 
 def _failure_text(call: RemoteCounterCall, language: str) -> str:
+    if call.closed_reason == "refused":
+        if language == "ja":
+            return "受付できませんでした。お手数ですが、もう一度お試しください。"
+        return "Your request could not be accepted. Please try again."
     if call.closed_reason == "abandoned":
         if language == "ja":
             return "受付を続けられませんでした。お手数ですが、もう一度お試しください。"

@@ -36,6 +36,7 @@ from shared.protocol import (
     BoothToServer,
     CallStarted,
     EndReason,
+    ErrorMessage,
     HangUp,
     IcePayload,
     MediaConnected,
@@ -240,6 +241,14 @@ class RemoteCounterCall:
             self._set(CallState.FAILED, "request abandoned")
         else:
             self._set(CallState.ENDED, "request cancelled")
+
+    def on_request_refused(self, error: ErrorMessage) -> None:
+        """The server refused the request itself (e.g. an unknown department)."""
+        if self.state is not CallState.REQUESTING:
+            return
+        self.closed_reason = "refused"
+        self.failure = f"request refused: {error.code.value}"
+        self._set(CallState.FAILED, f"request refused ({error.code.value})")
 
     async def cancel(self) -> None:
         if self.state not in WAITING_STATES and self.state is not CallState.IDLE:

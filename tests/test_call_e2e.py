@@ -21,9 +21,14 @@ from booth.agent import BoothAgent
 from booth.call import CallState
 from shared.config import BoothConfig, DeviceConfig
 from shared.kiosk_protocol import ChooseLanguage, HangUpTouched, RequestHelpTouched
-from shared.protocol import EndReason
-from shared.store import CallSession, SessionEvent, session_factory
-from tests.signaling_support import RunningSignaling, open_engine, running_signaling
+from shared.protocol import EndReason, QueueStatus, RequestHelp
+from shared.store import CallSession, HelpRequest, SessionEvent, session_factory
+from tests.signaling_support import (
+    RunningSignaling,
+    connect_booth,
+    open_engine,
+    running_signaling,
+)
 
 
 async def eventually(check: Callable[[], bool], within: float, what: str) -> None:
@@ -40,9 +45,8 @@ async def signaling(tmp_path: Path) -> AsyncIterator[RunningSignaling]:
         yield running
 
 
-@pytest.fixture
-async def booth(signaling: RunningSignaling) -> AsyncIterator[BoothAgent]:
-    config = BoothConfig(
+def booth_config(signaling: RunningSignaling) -> BoothConfig:
+    return BoothConfig(
         booth_id="seiseki-1",
         credential=signaling.booth_credentials["seiseki-1"],
         server_url=f"{signaling.ws_url}/ws/booth",
@@ -53,7 +57,11 @@ async def booth(signaling: RunningSignaling) -> AsyncIterator[BoothAgent]:
         reconnect_max_s=0.5,
         ended_screen_s=0.5,
     )
-    agent = BoothAgent(config)
+
+
+@pytest.fixture
+async def booth(signaling: RunningSignaling) -> AsyncIterator[BoothAgent]:
+    agent = BoothAgent(booth_config(signaling))
     await agent.start()
     try:
         await eventually(lambda: agent.signaling.state.value == "connected", 10, "booth online")
@@ -176,3 +184,43 @@ async def test_staff_hangs_up_and_booth_returns_to_start(
     session, _ = await _stored(signaling, record.session_id)
     assert session.outcome == EndReason.HANGUP_STAFF.value
     assert session.ended_at is not None
+
+
+async def test_booth_restart_cancels_the_request_nobody_waits_for(
+    signaling: RunningSignaling,
+) -> None:
+    """A booth agent that restarts while its request waits must not leave that request in
+    the queue (nobody at the booth waits for it) nor be refused when the next resident
+    asks; staff get an offer only for the new request."""
+    async with connect_booth(
+        signaling.ws_url, "seiseki-1", signaling.booth_credentials["seiseki-1"]
+    ) as old_agent:
+        await old_agent.send(
+            RequestHelp(request_id="before-restart", department="shimin", language="ja")
+        )
+        await old_agent.expect(QueueStatus)
+    agent = BoothAgent(booth_config(signaling))
+    await agent.start()
+    try:
+        async with AutoStaff(
+            f"{signaling.ws_url}/ws/staff", signaling.staff_token("sato")
+        ) as staff:
+            await eventually(lambda: agent.signaling.state.value == "connected", 10, "online")
+            await agent.handle_touch(ChooseLanguage(language="ja"))
+            await agent.handle_touch(RequestHelpTouched(department="shimin"))
+            call = agent.call
+            assert call is not None
+            await call.wait_for_state(CallState.WAITING, timeout_s=5)
+            await staff.set_available()
+            async with asyncio.timeout(10):
+                _, offer = await staff.offers.get()
+                record = await staff.call_started.get()
+                await record.first_frame.wait()
+            assert offer.request_id == call.request_id != "before-restart"
+            assert staff.offers.empty()
+    finally:
+        await agent.aclose()
+    async with open_engine(signaling.config.database_url) as engine:
+        async with session_factory(engine)() as db:
+            old = await db.get_one(HelpRequest, "before-restart")
+    assert old.status == "cancelled"
