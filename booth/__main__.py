@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The WebRTC library logs every ICE check at INFO; keep the booth's log calm.
+    for noisy in ("aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
     try:
         config = load_config(BoothConfig, args.config)
     except ConfigError as err:

@@ -295,8 +295,10 @@ class StampedVideoTrack(VideoStreamTrack):
 
     def _draw_caption(self, luma: ByteArray, frame_no: int, sent_ms: int) -> None:
         w, h, band = self.width, self.height, self._band
-        clock = time.strftime("%H:%M:%S", time.localtime(sent_ms / 1000 if sent_ms else 0))
-        text = f"{self.caption}  #{frame_no}  {clock}.{sent_ms % 1000:03d}"
+        # the stamp holds the time modulo 2**32 ms; the caption shows the real clock
+        now = time.time()
+        clock = time.strftime("%H:%M:%S", time.localtime(now))
+        text = f"{self.caption}  #{frame_no}  {clock}.{int(now * 1000) % 1000:03d}"
         image = Image.new("L", (w, band), 16)
         ImageDraw.Draw(image).text((8, band // 8), text, fill=235, font=self._font)
         luma[h - band :, :] = np.asarray(image, dtype=np.uint8)
