@@ -212,6 +212,7 @@ class ChildProcess:
         self.log_path = log_path
         self._proc: asyncio.subprocess.Process | None = None
         self._log: IO[bytes] | None = None
+        self.stop_s: float | None = None  # how long it took to stop after SIGTERM
 
     @property
     def pid(self) -> int:
@@ -264,6 +265,7 @@ class ChildProcess:
     async def aclose(self, grace_s: float = 5.0) -> None:
         """Terminate by PID, kill if it does not exit in ``grace_s``; idempotent."""
         proc, self._proc = self._proc, None
+        t0 = time.perf_counter()
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
@@ -274,7 +276,14 @@ class ChildProcess:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-            log.info("stopped %s (pid %d, exit %s)", self.name, proc.pid, proc.returncode)
+            self.stop_s = time.perf_counter() - t0
+            log.info(
+                "stopped %s (pid %d, exit %s) in %.1f s",
+                self.name,
+                proc.pid,
+                proc.returncode,
+                self.stop_s,
+            )
         if self._log is not None:
             self._log.close()
             self._log = None

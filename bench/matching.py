@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -105,6 +106,7 @@ class Params:
     echo: bool
     timeout: float
     seed: int
+    profile_server: Path | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -219,6 +221,8 @@ class Tally:
     """Everything measured on the client side (times from ``time.perf_counter``)."""
 
     sent_at: dict[str, float] = field(default_factory=dict)  # request id → RequestHelp sent
+    started_at: float = 0.0  # when the first request was sent
+    last_match_at: float = 0.0  # when the last CallStarted arrived
     offer_ms: dict[str, float] = field(default_factory=dict)  # request id → first Offer
     call_ms: dict[str, float] = field(default_factory=dict)  # request id → CallStarted (staff)
     to_booths: Counter[str] = field(default_factory=Counter)  # frames received, by type
@@ -385,6 +389,7 @@ class StaffClient:
                 sent = tally.sent_at.get(message.request_id)
                 if sent is not None:
                     tally.call_ms[message.request_id] = (now - sent) * 1000
+                    tally.last_match_at = now
                     tally.check_done()
                 self._session_id = message.session_id
                 task = asyncio.create_task(self._hang_up_later(message.session_id))
@@ -426,6 +431,7 @@ class MatchingResult:
     server_peak_rss_mb: float
     loadgen_cpu_percent: float
     connect_s: float
+    server_stop_s: float | None = None
 
 
 async def _close_all(clients: Sequence[BoothClient | StaffClient], limit_s: float) -> None:
@@ -475,6 +481,7 @@ async def run_matching_load(
             server_meter.start()
             own_meter.start()
             log.info("requesting %.0f/s for %.0f s", params.rate, params.duration)
+            tally.started_at = time.perf_counter()
             async for _ in steady_ticks(params.rate, params.duration):
                 if not idle:
                     tally.skipped_no_idle_booth += 1
@@ -577,9 +584,10 @@ async def run(params: Params, workdir: Path) -> dict[str, Any]:
     port = free_port()
     config_path = workdir / "signaling.toml"
     config_path.write_text(signaling_config_toml(port, database_url, token_secret))
+    profiler = ["-m", "cProfile", "-o", str(params.profile_server)] if params.profile_server else []
     server = ChildProcess(
         "signaling server",
-        [sys.executable, "-m", "signaling", "--config", str(config_path)],
+        [sys.executable, *profiler, "-m", "signaling", "--config", str(config_path)],
         workdir / "signaling.log",
     )
     try:
@@ -590,14 +598,27 @@ async def run(params: Params, workdir: Path) -> dict[str, Any]:
         log.error("signaling log (tail):\n%s", server.log_tail())
         raise
     finally:
-        await server.aclose()
+        # The server writes its queued records before it exits; give it time to.
+        await server.aclose(grace_s=60 if params.profile_server else 15)
 
     echo: dict[str, Any] = (
         await run_echo_floor(params, workdir)
         if params.echo
         else {"echo_p50_ms": None, "echo_p99_ms": None}
     )
+    matching.server_stop_s = server.stop_s
     return summarise(params, matching, echo)
+
+
+def p50_by_second(t: Tally, seconds: int) -> list[float | None]:
+    """Median request → offer latency of the requests sent in each second of the window
+    (shows whether a queue builds up inside the server)."""
+    buckets: list[list[float]] = [[] for _ in range(seconds)]
+    for rid, ms in t.offer_ms.items():
+        index = int(t.sent_at[rid] - t.started_at)
+        if 0 <= index < seconds:
+            buckets[index].append(ms)
+    return [rounded(percentile(b, 50), 1) for b in buckets]
 
 
 def summarise(params: Params, m: MatchingResult, echo: dict[str, Any]) -> dict[str, Any]:
@@ -609,6 +630,8 @@ def summarise(params: Params, m: MatchingResult, echo: dict[str, Any]) -> dict[s
     ratio = offer_p99 / echo_p99 if echo_p99 else float("nan")
     requests = len(t.sent_at)
     matches = len(t.call_ms)
+    # Achieved throughput: over the sending window, or longer if the server lagged behind.
+    busy_s = max(params.duration, t.last_match_at - t.started_at)
     return {
         "scenario": SCENARIO,
         "booths": params.booths,
@@ -621,10 +644,11 @@ def summarise(params: Params, m: MatchingResult, echo: dict[str, Any]) -> dict[s
         "matches": matches,
         "unmatched": requests - matches,
         "skipped_no_idle_booth": t.skipped_no_idle_booth,
-        "matches_per_s": rounded(matches / params.duration, 2),
+        "matches_per_s": rounded(matches / busy_s, 2),
         "request_to_offer_p50_ms": rounded(percentile(offer_ms, 50)),
         "request_to_offer_p99_ms": rounded(offer_p99),
         "request_to_offer_max_ms": rounded(max(offer_ms, default=float("nan"))),
+        "request_to_offer_p50_ms_by_second": p50_by_second(t, math.ceil(params.duration)),
         "request_to_call_started_p50_ms": rounded(percentile(call_ms, 50)),
         "request_to_call_started_p99_ms": rounded(percentile(call_ms, 99)),
         **echo,
@@ -634,6 +658,7 @@ def summarise(params: Params, m: MatchingResult, echo: dict[str, Any]) -> dict[s
         "server_cpu_percent": rounded(m.server_cpu_percent, 1),
         "loadgen_cpu_percent": rounded(m.loadgen_cpu_percent, 1),
         "connect_all_s": rounded(m.connect_s, 2),
+        "server_stop_s": rounded(m.server_stop_s, 2) if m.server_stop_s is not None else None,
         "frames_to_staff": dict(sorted(t.to_staff.items())),
         "frames_to_booths": dict(sorted(t.to_booths.items())),
         "bytes_to_staff": t.bytes_to_staff,
@@ -668,6 +693,12 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     p.add_argument("--timeout", type=float, help="hard limit for the whole run, in seconds")
     p.add_argument("--seed", type=int, default=1, help="random seed for the request mix")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--profile-server",
+        type=Path,
+        metavar="FILE",
+        help="run signaling under cProfile and write its statistics to FILE (pstats format)",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr, level=a.log_level.upper(), format="%(asctime)s %(name)s %(message)s"
@@ -686,6 +717,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         echo=not a.no_echo,
         timeout=timeout,
         seed=a.seed,
+        profile_server=a.profile_server.resolve() if a.profile_server else None,
     )
 
 

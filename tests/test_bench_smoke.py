@@ -66,10 +66,17 @@ def test_matching_benchmark_small_run() -> None:
     assert result["requests"] == 20
     assert result["skipped_no_idle_booth"] == 0
     assert result["matches"] == result["requests"]
-    assert result["matches_per_s"] == 10.0
+    # Throughput counts until the last match, which may come a little after the 2 s.
+    assert 8 <= result["matches_per_s"] <= 10.0
     assert result["errors"] == {}
     assert result["frames_to_staff"]["offer"] >= result["matches"]
-    assert result["frames_to_booths"]["call_started"] == result["matches"]
+    # The run ends when staff have seen every call_started; the booth's copy of the last
+    # one may still be on its way.
+    assert result["matches"] - 2 <= result["frames_to_booths"]["call_started"] <= result["matches"]
+    offers_by_second = result["request_to_offer_p50_ms_by_second"]
+    assert len(offers_by_second) == 2
+    assert all(v is not None and v > 0 for v in offers_by_second)
+    assert result["server_stop_s"] is not None and result["server_stop_s"] < 15
 
     p50, p99 = result["request_to_offer_p50_ms"], result["request_to_offer_p99_ms"]
     assert 0 < p50 <= p99 < 2000
