@@ -388,18 +388,7 @@ class SignalingServer:
             return
         booth_id = hello.booth_id
         conn = Connection(ws, f"booth {booth_id}")
-        previous = self.booths.get(booth_id)
-        if previous is not None:
-            log.info("booth %s connected again; closing the older connection", booth_id)
-            previous.send_error(
-                ProtocolError(
-                    ErrorCode.DUPLICATE_CONNECTION,
-                    "this booth connected again elsewhere",
-                    fatal=True,
-                )
-            )
-            previous.close(CLOSE_DUPLICATE, "duplicate connection")
-        self.booths[booth_id] = conn
+        _take_over(self.booths, booth_id, conn, "this booth connected again elsewhere")
         self.dispatcher.upsert_booth(account.info)
         log.info("booth %s connected", booth_id)
         try:
@@ -475,18 +464,7 @@ class SignalingServer:
             return
         staff_id = claims.staff_id
         conn = Connection(ws, f"staff {staff_id}")
-        previous = self.staff.get(staff_id)
-        if previous is not None:
-            log.info("staff %s connected again; closing the older connection", staff_id)
-            previous.send_error(
-                ProtocolError(
-                    ErrorCode.DUPLICATE_CONNECTION,
-                    "signed in again in another window",
-                    fatal=True,
-                )
-            )
-            previous.close(CLOSE_DUPLICATE, "duplicate connection")
-        self.staff[staff_id] = conn
+        _take_over(self.staff, staff_id, conn, "signed in again in another window")
         self.dispatcher.upsert_staff(account.info, account.role, account.site_id, account.skills)
         log.info("staff %s connected (%s)", staff_id, account.role.value)
         try:
@@ -545,3 +523,14 @@ class SignalingServer:
             except Exception:
                 log.exception("%s: message handling failed", conn.label)
                 conn.send_error(ProtocolError(ErrorCode.INTERNAL, "internal error"))
+
+
+def _take_over(registry: dict[str, Connection], key: str, conn: Connection, why: str) -> None:
+    """Register ``conn`` for ``key``; an older connection of the same booth or staff member
+    is told why (fatal ``duplicate_connection``) and closed."""
+    previous = registry.get(key)
+    if previous is not None:
+        log.info("%s connected again; closing the older connection", conn.label)
+        previous.send_error(ProtocolError(ErrorCode.DUPLICATE_CONNECTION, why, fatal=True))
+        previous.close(CLOSE_DUPLICATE, "duplicate connection")
+    registry[key] = conn
