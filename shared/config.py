@@ -80,6 +80,12 @@ class DeviceConfig(BaseModel):
     video_height: int = 480
     video_fps: int = 30
     tone_hz: float = 1000.0  # simulated microphone tone
+    # The devices of a service point (see booth/devices/). "simulated" needs no hardware.
+    card_reader: str = "simulated"  # or "pcsc" (first reader) / "pcsc:<reader name>"
+    document_camera: str = "simulated"  # or "v4l2:/dev/videoN"
+    receipt_printer: str = "simulated"  # or "network:HOST[:PORT]", "cups:QUEUE", "usb:VID:PID"
+    a4_printer: str = "simulated"  # or "cups:QUEUE"
+    spool_path: str = "var/booth-spool.sqlite3"  # the durable print spool
 
 
 class BoothConfig(BaseSettings):
