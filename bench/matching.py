@@ -594,7 +594,7 @@ async def run(params: Params, workdir: Path) -> dict[str, Any]:
         await server.start()
         await server.wait_listening(LOOPBACK, port, 60)
         matching = await run_matching_load(params, population, tokens, port, server.pid)
-    except BaseException:
+    except Exception:
         log.error("signaling log (tail):\n%s", server.log_tail())
         raise
     finally:
@@ -722,15 +722,20 @@ def parse_args(argv: Sequence[str] | None) -> Params:
 
 
 async def _main(params: Params, workdir: Path) -> dict[str, Any]:
+    """Run with a hard time limit; SIGINT and SIGTERM cancel the run, so that every
+    ``finally`` stops what it started (also when SIGINT was ignored by the parent shell)."""
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in stop_signals:
+        loop.add_signal_handler(signum, task.cancel)
     try:
         async with asyncio.timeout(params.timeout):
             return await run(params, workdir)
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for signum in stop_signals:
+            loop.remove_signal_handler(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -739,12 +744,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("working directory %s", tmp)
         try:
             result = asyncio.run(_main(params, Path(tmp)))
-        except KeyboardInterrupt:
-            log.error("interrupted")
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            log.error("interrupted; everything it started is stopped")
             return 130
-        except asyncio.CancelledError:
-            log.error("terminated")
-            return 143
         except TimeoutError as err:
             log.error("timed out (the whole run is limited to %.0f s): %s", params.timeout, err)
             return 2
