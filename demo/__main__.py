@@ -52,7 +52,6 @@ def _load_secrets(path: Path) -> dict[str, str]:
         return data
     data = {
         "token_secret": secrets.token_urlsafe(32),
-        "cookie_secret": secrets.token_urlsafe(32),
         **{f"booth:{booth_id}": new_booth_credential() for booth_id, _, _ in BOOTHS},
     }
     path.write_text(json.dumps(data, indent=1), encoding="utf-8")
@@ -89,7 +88,6 @@ def write_configs(root: Path, ports: Ports, secrets_: dict[str, str]) -> dict[st
                 f"port = {ports.console}",
                 f"database_url = {_toml_str(db_url)}",
                 f"token_secret = {_toml_str(secrets_['token_secret'])}",
-                f"cookie_secret = {_toml_str(secrets_['cookie_secret'])}",
                 f'signaling_url = "ws://127.0.0.1:{ports.signaling}/ws/staff"',
                 "auto_migrate = false",
                 "",

@@ -57,7 +57,6 @@ class ConsoleConfig(BaseSettings):
     port: int = 8080
     database_url: str = DEFAULT_DATABASE_URL
     token_secret: str = Field(min_length=16)
-    cookie_secret: str = Field(min_length=16)
     # WebSocket URL of signaling as the staff browser reaches it.
     signaling_url: str = "ws://127.0.0.1:8765/ws/staff"
     # Signaling tokens are short-lived; the page fetches a fresh one for each (re)connect,

@@ -28,7 +28,6 @@ from shared.store.seed import seed_demo
 
 PASSWORD = "sakura-2024-demo"
 TOKEN_SECRET = "token-secret-for-tests-0123456789"
-COOKIE_SECRET = "cookie-secret-for-tests-0123456789"
 SIGNALING_URL = "ws://127.0.0.1:8765/ws/staff"
 
 
@@ -51,7 +50,6 @@ async def _start(
     config = ConsoleConfig(
         database_url=url,
         token_secret=TOKEN_SECRET,
-        cookie_secret=COOKIE_SECRET,
         signaling_url=SIGNALING_URL,
         token_ttl_s=120,
         secure_cookies=secure,

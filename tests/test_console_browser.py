@@ -115,7 +115,6 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
             port=console_port,
             database_url=database_url,
             token_secret=TOKEN_SECRET,
-            cookie_secret="console-cookie-secret-for-tests",
             signaling_url=f"{signaling.ws_url}/ws/staff",
             token_ttl_s=60,
         )
