@@ -18,14 +18,15 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.errors import EkichikaError
 from shared.protocol import BoothInfo, Department, EndReason, StaffInfo, StaffRole
 from shared.store import (
+    Base,
     Booth,
     CallSession,
     HelpRequest,
@@ -225,27 +226,24 @@ class SignalingStore:
             await self._write_batch(batch)
 
     async def _write_batch(self, batch: list[_Item]) -> None:
-        records = [i for i in batch if i.record is not None]
+        items = [i for i in batch if i.record is not None]
         failures: dict[int, BaseException] = {}
         try:
-            async with self._sessions.begin() as s:
-                for index, item in enumerate(records):
-                    error = await self._apply(s, item)
-                    if error is not None:
-                        failures[index] = error
+            async with self._engine.begin() as conn:
+                failures = await _apply_all(conn, items)
         except Exception:
-            log.exception("batch of %d records failed; writing them one by one", len(records))
+            log.exception("batch of %d records failed; writing them one by one", len(items))
             failures = {}
-            for index, item in enumerate(records):
+            for index, item in enumerate(items):
                 try:
-                    async with self._sessions.begin() as s:
-                        error = await self._apply(s, item)
+                    async with self._engine.begin() as conn:
+                        error = (await _apply_all(conn, [item])).get(0)
                     if error is not None:
                         failures[index] = error
                 except Exception as err:
                     log.error("dropped a %s record: %s", type(item.record).__name__, err)
                     failures[index] = err
-        for index, item in enumerate(records):
+        for index, item in enumerate(items):
             if item.done is not None and not item.done.done():
                 failure = failures.get(index)
                 if failure is None:
@@ -256,68 +254,124 @@ class SignalingStore:
             if item.record is None and item.done is not None and not item.done.done():
                 item.done.set_result(None)
 
-    async def _apply(self, s: AsyncSession, item: _Item) -> BaseException | None:
-        rec = item.record
-        if isinstance(rec, NewRequest):
-            if await s.get(HelpRequest, rec.request_id) is not None:
-                return RequestIdTaken(f"request id {rec.request_id} is already used")
-            s.add(
-                HelpRequest(
-                    id=rec.request_id,
-                    booth_id=rec.booth_id,
-                    department=rec.department,
-                    language=rec.language,
-                    status=RequestStatus.WAITING.value,
-                    created_at=rec.created_at,
-                )
+
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+_REQUESTS = _table(HelpRequest)
+_SESSIONS = _table(CallSession)
+_EVENTS = _table(SessionEvent)
+
+_SET_REQUEST_STATUS = (
+    update(_REQUESTS)
+    .where(_REQUESTS.c.id == bindparam("b_id"))
+    .values(status=bindparam("b_status"), closed_at=bindparam("b_at"))
+)
+_SET_CONNECTED = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.id == bindparam("b_id"), _SESSIONS.c.connected_at.is_(None))
+    .values(connected_at=bindparam("b_at"))
+)
+_SET_CLOSED = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.id == bindparam("b_id"))
+    .values(ended_at=bindparam("b_at"), outcome=bindparam("b_outcome"))
+)
+_SET_NOTE = (
+    update(_SESSIONS).where(_SESSIONS.c.id == bindparam("b_id")).values(note=bindparam("b_note"))
+)
+
+
+async def _apply_all(conn: AsyncConnection, items: list[_Item]) -> dict[int, BaseException]:
+    """Write a batch with one statement per kind of record (executemany), in the order
+    the records depend on each other: new requests, new sessions, timeline events, then
+    the updates. Returns the records that could not be written, by index."""
+    failures: dict[int, BaseException] = {}
+    by_kind: dict[type, list[tuple[int, Record]]] = defaultdict(list)
+    for index, item in enumerate(items):
+        if item.record is not None:
+            by_kind[type(item.record)].append((index, item.record))
+
+    new_requests = [(i, r) for i, r in by_kind[NewRequest] if isinstance(r, NewRequest)]
+    if new_requests:
+        ids = [r.request_id for _, r in new_requests]
+        taken = set(
+            (await conn.execute(select(_REQUESTS.c.id).where(_REQUESTS.c.id.in_(ids)))).scalars()
+        )
+        rows = []
+        for index, r in new_requests:
+            if r.request_id in taken:
+                failures[index] = RequestIdTaken(f"request id {r.request_id} is already used")
+                continue
+            taken.add(r.request_id)
+            rows.append(
+                {
+                    "id": r.request_id,
+                    "booth_id": r.booth_id,
+                    "department": r.department,
+                    "language": r.language,
+                    "status": RequestStatus.WAITING.value,
+                    "created_at": r.created_at,
+                }
             )
-            await s.flush()
-        elif isinstance(rec, RequestStatusChanged):
-            await s.execute(
-                update(HelpRequest)
-                .where(HelpRequest.id == rec.request_id)
-                .values(status=rec.status.value, closed_at=rec.at)
-            )
-        elif isinstance(rec, TimelineEvent):
-            s.add(
-                SessionEvent(
-                    request_id=rec.request_id,
-                    session_id=rec.session_id,
-                    kind=rec.kind.value,
-                    at=rec.at,
-                    staff_id=rec.staff_id,
-                    detail=rec.detail[:200] if rec.detail else None,
-                )
-            )
-        elif isinstance(rec, SessionOpened):
-            s.add(
-                CallSession(
-                    id=rec.session_id,
-                    request_id=rec.request_id,
-                    booth_id=rec.booth_id,
-                    staff_id=rec.staff_id,
-                    department=rec.department,
-                    language=rec.language,
-                    accepted_at=rec.accepted_at,
-                )
-            )
-        elif isinstance(rec, SessionConnected):
-            await s.execute(
-                update(CallSession)
-                .where(CallSession.id == rec.session_id, CallSession.connected_at.is_(None))
-                .values(connected_at=rec.at)
-            )
-        elif isinstance(rec, SessionClosed):
-            await s.execute(
-                update(CallSession)
-                .where(CallSession.id == rec.session_id)
-                .values(ended_at=rec.at, outcome=rec.outcome.value)
-            )
-        elif isinstance(rec, SessionNoteSaved):
-            await s.execute(
-                update(CallSession).where(CallSession.id == rec.session_id).values(note=rec.note)
-            )
-        return None
+        if rows:
+            await conn.execute(insert(_REQUESTS), rows)
+
+    opened = [r for _, r in by_kind[SessionOpened] if isinstance(r, SessionOpened)]
+    if opened:
+        await conn.execute(
+            insert(_SESSIONS),
+            [
+                {
+                    "id": r.session_id,
+                    "request_id": r.request_id,
+                    "booth_id": r.booth_id,
+                    "staff_id": r.staff_id,
+                    "department": r.department,
+                    "language": r.language,
+                    "accepted_at": r.accepted_at,
+                }
+                for r in opened
+            ],
+        )
+    events = [r for _, r in by_kind[TimelineEvent] if isinstance(r, TimelineEvent)]
+    if events:
+        await conn.execute(
+            insert(_EVENTS),
+            [
+                {
+                    "request_id": r.request_id,
+                    "session_id": r.session_id,
+                    "kind": r.kind.value,
+                    "at": r.at,
+                    "staff_id": r.staff_id,
+                    "detail": r.detail[:200] if r.detail else None,
+                }
+                for r in events
+            ],
+        )
+    statuses = [r for _, r in by_kind[RequestStatusChanged] if isinstance(r, RequestStatusChanged)]
+    if statuses:
+        await conn.execute(
+            _SET_REQUEST_STATUS,
+            [{"b_id": r.request_id, "b_status": r.status.value, "b_at": r.at} for r in statuses],
+        )
+    connected = [r for _, r in by_kind[SessionConnected] if isinstance(r, SessionConnected)]
+    if connected:
+        await conn.execute(
+            _SET_CONNECTED, [{"b_id": r.session_id, "b_at": r.at} for r in connected]
+        )
+    closed = [r for _, r in by_kind[SessionClosed] if isinstance(r, SessionClosed)]
+    if closed:
+        await conn.execute(
+            _SET_CLOSED,
+            [{"b_id": r.session_id, "b_at": r.at, "b_outcome": r.outcome.value} for r in closed],
+        )
+    notes = [r for _, r in by_kind[SessionNoteSaved] if isinstance(r, SessionNoteSaved)]
+    if notes:
+        await conn.execute(_SET_NOTE, [{"b_id": r.session_id, "b_note": r.note} for r in notes])
+    return failures
 
 
 def _booth_account(booth: Booth, site: Site) -> BoothAccount:
