@@ -1144,22 +1144,29 @@ class Dispatcher:
 
     def _match(self, now: float, out: list[Action]) -> None:
         """Offer waiting requests, oldest first, each to the matching available staff
-        member who has been idle longest (skipping their cooldowns)."""
-        if not self._available:
+        member who has been idle longest (skipping their cooldowns).
+
+        Runs after every event, so it only looks at skills that have both waiting
+        requests and available staff."""
+        if not self._available or not self._by_key:
             return
         by_key: dict[SkillKey, list[StaffMember]] = {}
         for staff_id in self._available:
             member = self.staff[staff_id]
             for key in member.skills:
-                by_key.setdefault(key, []).append(member)
-        for req in list(self.waiting.values()):
+                if key in self._by_key:
+                    by_key.setdefault(key, []).append(member)
+        if not by_key:
+            return
+        groups = [self._by_key[key] for key in by_key]
+        waiting = groups[0] if len(groups) == 1 else heapq.merge(*groups, key=_by_seq)
+        for req in list(waiting):
             if req.offer is not None:
                 continue
-            candidates = by_key.get(req.key)
-            if not candidates or not self.booths[req.booth_id].online:
+            if not self.booths[req.booth_id].online:
                 continue
             best: StaffMember | None = None
-            for member in candidates:
+            for member in by_key[req.key]:
                 if member.state is not StaffState.AVAILABLE:
                     continue
                 until = req.cooldown.get(member.staff_id)
@@ -1211,3 +1218,7 @@ class Dispatcher:
         for member in self.staff.values():
             keys |= member.skills
         return keys
+
+
+def _by_seq(req: WaitingRequest) -> int:
+    return req.seq
