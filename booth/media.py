@@ -30,6 +30,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -636,6 +637,19 @@ def _split_spec(spec: str, kinds: Sequence[str], role: str) -> tuple[str, str]:
     return kind, name
 
 
+def _pyav_has(fmt: str, role: str, spec: str) -> bool:
+    """Whether PyAV can open ``fmt`` itself; if not, the ``ffmpeg`` command must be there
+    (the drivers in :mod:`booth.ffmpeg_devices` pipe through it). Raises DeviceError."""
+    if fmt in av.formats_available:
+        return True
+    if shutil.which("ffmpeg") is None:
+        raise DeviceError(
+            f"{role} {spec}: PyAV has no {fmt} support and the ffmpeg command is missing"
+            " — install the ffmpeg package"
+        )
+    return False
+
+
 def _open_player(name: str, fmt: str, options: dict[str, str], role: str, spec: str) -> MediaPlayer:
     if fmt not in av.formats_available:
         raise DeviceError(f"{role} {spec}: this build of FFmpeg/PyAV has no {fmt} support")
@@ -646,10 +660,28 @@ def _open_player(name: str, fmt: str, options: dict[str, str], role: str, spec: 
 
 
 def open_camera(spec: str, width: int = 640, height: int = 480, fps: int = 30) -> VideoSource:
-    """A camera from its spec: ``"v4l2:/dev/videoN"``. Raises DeviceError."""
+    """A camera from its spec: ``"v4l2:/dev/videoN"``. Raises DeviceError.
+
+    PyAV reads the camera when it has V4L2 support; otherwise Debian's ``ffmpeg`` does
+    (:class:`booth.ffmpeg_devices.FfmpegCamera`, started when a call first reads it).
+    """
     _, path = _split_spec(spec, ("v4l2",), "camera")
     if not Path(path).exists():
         raise DeviceError(f"camera {spec}: {path} does not exist (is the camera plugged in?)")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise DeviceError(
+            f"camera {spec}: not allowed to open {path} — is the kiosk user in the video group?"
+        )
+    if not _pyav_has("v4l2", "camera", spec):
+        from booth.ffmpeg_devices import FfmpegCamera, v4l2_input
+
+        return FfmpegCamera(
+            v4l2_input(path, width, height, fps),
+            width,
+            height,
+            fps,
+            description=f"camera {spec} {width}x{height}@{fps} (ffmpeg)",
+        )
     options = {"video_size": f"{width}x{height}", "framerate": str(fps)}
     player = _open_player(path, "v4l2", options, "camera", spec)
     if player.video is None:
@@ -658,8 +690,16 @@ def open_camera(spec: str, width: int = 640, height: int = 480, fps: int = 30) -
 
 
 def open_microphone(spec: str) -> AudioSource:
-    """A microphone from its spec: ``"pulse:NAME"`` or ``"alsa:NAME"``. Raises DeviceError."""
+    """A microphone from its spec: ``"pulse:NAME"`` or ``"alsa:NAME"``. Raises DeviceError.
+
+    PyAV reads it when it has the format; otherwise Debian's ``ffmpeg`` does
+    (:class:`booth.ffmpeg_devices.FfmpegMicrophone`, started when a call first reads it).
+    """
     kind, name = _split_spec(spec, ("pulse", "alsa"), "microphone")
+    if not _pyav_has(kind, "microphone", spec):
+        from booth.ffmpeg_devices import FfmpegMicrophone, audio_input
+
+        return FfmpegMicrophone(audio_input(kind, name), description=f"microphone {spec} (ffmpeg)")
     player = _open_player(name, kind, {}, "microphone", spec)
     if player.audio is None:
         raise DeviceError(f"microphone {spec} delivers no audio")
@@ -745,9 +785,18 @@ class DeviceSpeaker(NullSpeaker):
 
 
 def open_speaker(spec: str) -> AudioSink:
-    """A speaker from its spec: ``"null"``, ``"pulse:NAME"`` or ``"alsa:NAME"``."""
+    """A speaker from its spec: ``"null"``, ``"pulse:NAME"`` or ``"alsa:NAME"``.
+
+    PyAV plays it when it has the format; otherwise Debian's ``ffmpeg`` does
+    (:class:`booth.ffmpeg_devices.FfmpegSpeaker`, started with each call's audio).
+    """
     if spec == "null":
         return NullSpeaker()
+    kind, name = _split_spec(spec, ("pulse", "alsa"), "speaker")
+    if not _pyav_has(kind, "speaker", spec):
+        from booth.ffmpeg_devices import FfmpegSpeaker, audio_output
+
+        return FfmpegSpeaker(audio_output(kind, name), description=f"speaker {spec} (ffmpeg)")
     return DeviceSpeaker(spec)
 
 
