@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import fractions
 import logging
 import re
@@ -52,6 +53,7 @@ AUDIO_RATE: Final = 48000
 AUDIO_FRAME_SAMPLES: Final = 960  # 20 ms at 48 kHz
 _COMMON: Final = ("-hide_banner", "-nostdin", "-nostats", "-loglevel", "error")
 _STDERR_LINES: Final = 20
+_INPUT_PIPE_BYTES: Final = 4096  # about 21 ms of 48 kHz stereo s16
 
 
 class DeviceStreamError(DeviceError, MediaStreamError):
@@ -232,6 +234,14 @@ class FfmpegProcess:
         except OSError as err:
             raise DeviceError(f"{self.device}: cannot run ffmpeg ({err.strerror})") from err
         logger.debug("ffmpeg for %s started, pid %s", self.device, self._process.pid)
+        if self._want_stdin and self._process.stdin is not None:
+            # A full pipe is delay: keep only a few milliseconds of audio in it.
+            transport = self._process.stdin.transport
+            transport.set_write_buffer_limits(high=_INPUT_PIPE_BYTES)
+            pipe_end = transport.get_extra_info("pipe")
+            if pipe_end is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(pipe_end.fileno(), fcntl.F_SETPIPE_SZ, _INPUT_PIPE_BYTES)
         self._stderr_task = asyncio.get_running_loop().create_task(self._read_stderr())
 
     async def _read_stderr(self) -> None:
@@ -426,7 +436,9 @@ class _FfmpegCapture:
         async with self._lock:
             if self._stopping is not None:
                 await self._stopping
-            if self._process is not None or self._closed:
+            if self._closed:
+                raise DeviceError(f"{self.description} is closed")
+            if self._process is not None:
                 return
             process = FfmpegProcess(
                 [*self.input_args, *self._output_args, "-"],
@@ -687,7 +699,8 @@ class FfmpegSpeaker(NullSpeaker):
             return
         try:
             if self._process is None:
-                pcm_in = ["-f", "s16le", "-ar", str(AUDIO_RATE), "-ac", "2", "-i", "-", "-y"]
+                pcm_in = ["-f", "s16le", "-ar", str(AUDIO_RATE), "-ac", "2"]
+                pcm_in += ["-probesize", "32", "-analyzeduration", "0", "-i", "-", "-y"]
                 process = FfmpegProcess(
                     [*pcm_in, *self.output_args],
                     fmt=self._fmt,

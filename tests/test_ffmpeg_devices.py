@@ -155,6 +155,8 @@ async def test_camera_frames_size_rate_and_content() -> None:
         track.stop()
         await camera.aclose()
     assert camera.pid is None
+    with pytest.raises(DeviceError, match="is closed"):
+        camera.track()
 
 
 async def connect(sender: RTCPeerConnection, receiver: RTCPeerConnection) -> None:
