@@ -48,6 +48,15 @@ async def serve(config: BoothConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    rest = sys.argv[1:] if argv is None else argv
+    if rest[:1] == ["card-read"]:  # python -m booth card-read --pin-stdin …
+        from booth.devices.card_cli import main as card_read
+
+        raise SystemExit(card_read(rest[1:]))
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["print-test"]:  # --receipt | --a4
+        from booth.devices.print_cli import main as print_test
+
+        raise SystemExit(print_test((sys.argv[1:] if argv is None else argv)[1:]))
     args = _parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

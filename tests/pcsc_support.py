@@ -156,8 +156,8 @@ def stop_pcscd(daemon: PcscDaemon, timeout_s: float = 5.0) -> None:
             process.wait()
 
 
-@pytest.fixture(scope="session")
-def pcscd() -> Iterator[PcscDaemon]:
+@pytest.fixture(scope="session", name="pcscd")
+def pcscd_session() -> Iterator[PcscDaemon]:
     """One pcscd with vpcd for the session; this process's PC/SC clients use it."""
     workdir = Path(tempfile.mkdtemp(prefix="ekichika-pcscd-"))
     previous = os.environ.get("PCSCLITE_CSOCK_NAME")

@@ -268,6 +268,11 @@ class _Pcsc:
                 raise self.fail(hresult, "begin transaction", reader)
             try:
                 return operation(transmit)
+            except CardRemoved:
+                # Nothing to reset. A failed reset would make pcscd report the reader empty
+                # before its own poll has seen the card go, and then miss the next card.
+                disposition = sc.SCARD_LEAVE_CARD
+                raise
             finally:
                 with contextlib.suppress(Exception):
                     sc.SCardEndTransaction(card, sc.SCARD_LEAVE_CARD)
