@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
@@ -178,7 +179,17 @@ class NetNamespace:
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(loop.stop)
-        if thread is not None and thread.is_alive():
-            await asyncio.to_thread(thread.join, 10.0)
-            if thread.is_alive():
-                log.warning("namespace thread %s did not stop within 10 s", self.name)
+        if thread is not None:
+            await asyncio.to_thread(self._wait_thread_gone, thread, 10.0)
+
+    def _wait_thread_gone(self, thread: threading.Thread, limit_s: float) -> None:
+        # join() returns when Python is done with the thread, a moment before the kernel
+        # has reaped it; wait for that too, so the namespace is really released on return.
+        deadline = time.monotonic() + limit_s
+        thread.join(limit_s)
+        task_dir = None if self._tid is None else f"/proc/{os.getpid()}/task/{self._tid}"
+        while task_dir is not None and os.path.exists(task_dir):
+            if time.monotonic() > deadline:
+                log.warning("namespace thread %s did not stop within %.0f s", self.name, limit_s)
+                return
+            time.sleep(0.002)
