@@ -146,17 +146,18 @@ SystemGroup root
 """,
         encoding="utf-8",
     )
-    process = subprocess.Popen(
-        [CUPSD, "-f", "-c", str(root / "cupsd.conf"), "-s", str(root / "cups-files.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    with open(root / "log" / "stderr", "wb") as stderr:
+        process = subprocess.Popen(
+            [CUPSD, "-f", "-c", str(root / "cupsd.conf"), "-s", str(root / "cups-files.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     server = CupsServer(root, port, process)
     try:
         deadline = time.monotonic() + 15
         while True:
             if process.poll() is not None:
-                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                err = (root / "log" / "stderr").read_text(errors="replace")
                 raise RuntimeError(f"cupsd exited: {err}\n{server.log()}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
                 break

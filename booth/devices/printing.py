@@ -22,6 +22,7 @@ import enum
 import logging
 import os
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -321,18 +322,20 @@ class NetworkReceiptPrinter(_EscPosPrinter):
         self.status_timeout_s = status_timeout_s
 
     def _open(self) -> Any:
-        from escpos.exceptions import DeviceNotFoundError  # type: ignore[import-untyped]
         from escpos.printer import Network  # type: ignore[import-untyped]
 
-        printer = Network(self.host, self.port, timeout=self.connect_timeout_s)
+        # Connect here rather than with Network.open(), which leaks the socket of a failed
+        # connection attempt.
         try:
-            printer.open()
-        except DeviceNotFoundError as err:
+            sock = socket.create_connection((self.host, self.port), self.connect_timeout_s)
+        except OSError as err:
             raise PrinterError(
                 f"cannot reach the receipt printer at {self.host}:{self.port}; check that it "
                 "is switched on and its network cable is connected",
                 state=DeviceState.OFFLINE,
             ) from err
+        printer = Network(self.host, self.port, timeout=self.connect_timeout_s)
+        printer.device = sock
         return printer
 
     def _set_read_timeout(self, printer: Any, timeout: float | None) -> None:
