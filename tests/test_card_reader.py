@@ -502,6 +502,25 @@ async def test_two_readers_by_name(cards: Cards) -> None:
         await by_name.aclose()
 
 
+async def test_other_card_is_an_error_until_removed(cards: Cards, owner: CardReaderOwner) -> None:
+    recorder = Recorder.attach(owner)
+    card = cards.insert(CardProfile(has_ap=False))
+    await owner.wait_for_card(5)
+    with pytest.raises(CardDataError, match="My Number card"):
+        await owner.remaining_pin_tries()
+    assert owner.status.state is DeviceState.ERROR
+    assert owner.status.reason is not None and "My Number card" in owner.status.reason
+    assert card.commands == [mynumber.select_ap()]
+    card.remove()
+    await wait_state(owner, DeviceState.READY)
+    assert recorder.states == [
+        DeviceState.CARD_PRESENT,
+        DeviceState.BUSY,
+        DeviceState.ERROR,
+        DeviceState.READY,
+    ]
+
+
 async def test_unknown_reader_is_offline(pcscd: PcscDaemon) -> None:
     owner = CardReaderOwner(PcscCardReader("No Such Reader", poll_s=0.1), poll_s=0.1)
     try:
@@ -541,7 +560,7 @@ def all_logs() -> Iterator[_Everything]:
         root.setLevel(old_level)
 
 
-async def test_pin_is_never_logged(cards: Cards, all_logs: _Everything) -> None:
+async def test_pin_is_never_logged(cards: Cards, all_logs: _Everything, pcscd: PcscDaemon) -> None:
     card = cards.insert(CardProfile(pin="7391"))
     owner = CardReaderOwner(PcscCardReader(READERS[0], poll_s=0.1), poll_s=0.1)
     try:
@@ -555,7 +574,7 @@ async def test_pin_is_never_logged(cards: Cards, all_logs: _Everything) -> None:
     finally:
         await owner.aclose()
     assert verifies_with_pin(card)[-1].endswith(b"7391")  # the PIN did reach the card
-    logged = "\n".join(all_logs.lines)
+    logged = "\n".join(all_logs.lines) + pcscd.log_tail(1000)
     assert "card inserted" in logged and "card removed" in logged  # logging was on
     for secret in ("7391", "7390", "37 33 39 31", "37333931"):
         assert secret not in logged

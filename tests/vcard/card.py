@@ -71,6 +71,7 @@ class CardProfile:
     pin: str = "1234"
     tries_left: int = 3
     padding: int = 32
+    has_ap: bool = True  # False: some other card, without the 券面事項入力補助AP
 
     def files(self) -> dict[int, bytes]:
         pad = b"\xff" * self.padding
@@ -204,8 +205,9 @@ class VirtualMyNumberCard:
             return b"\x67\x00"
         target = body[1:]
         if p1 == 0x04:
-            self._state = _CardState(ap_selected=target == AP_AID)
-            return b"\x90\x00" if target == AP_AID else b"\x6a\x82"
+            found = target == AP_AID and self.profile.has_ap
+            self._state = _CardState(ap_selected=found)
+            return b"\x90\x00" if found else b"\x6a\x82"
         if p1 == 0x02 and len(target) == 2 and self._state.ap_selected:
             fid = int.from_bytes(target, "big")
             if fid in (EF_PIN, *self._files):
