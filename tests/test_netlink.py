@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession, web
@@ -22,6 +24,8 @@ from aiohttp import ClientSession, web
 from tests.netlink import PROFILES, EmulatedLink, emulated_link
 from tests.netlink.fixtures import link_fixture, require_root
 from tests.netlink.measure import measure_loss, measure_rtt, measure_throughput
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 station_link = link_fixture("station")
 
@@ -203,3 +207,45 @@ async def test_teardown_leaves_nothing_behind_even_on_failure() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("netns-")]
     with pytest.raises(RuntimeError, match="closed"):
         await link.start_process("booth", ["true"])
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_command_line_up_run_down(tmp_path: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bench.netlink", f"--state-dir={tmp_path}", *args],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    up = cli("up", "station")
+    assert up.returncode == 0, up.stderr
+    state = json.loads(up.stdout)
+    try:
+        assert state["booth"]["address"] == "198.18.0.1"
+        assert state["profile"]["delay_ms"] == 30
+        assert cli("up", "station").returncode == 1  # one link per profile
+        assert json.loads(cli("status").stdout).keys() == {"station"}
+        booth = cli("run", "station", "--", "ip", "-o", "-4", "addr", "show", "link0")
+        assert "inet 198.18.0.1/30" in booth.stdout
+        hq = cli(
+            "run", "station", "--side", "hq", "--", "sh", "-c", "readlink /proc/self/ns/net; exit 3"
+        )
+        assert hq.returncode == 3
+        assert hq.stdout.strip() == f"net:[{os.stat(state['hq']['netns']).st_ino}]"
+    finally:
+        down = cli("down", "station")
+    assert down.returncode == 0, down.stderr
+    assert json.loads(cli("status").stdout) == {}
+    for pid in (state["pid"], state["wire_pid"]):
+        assert b"netlink" not in _cmdline(pid)
+    assert cli("run", "station", "--", "true").returncode == 1
