@@ -54,13 +54,10 @@ from signaling.matching import (
     Action,
     Dispatcher,
     Persist,
-    RequestStatus,
-    RequestStatusChanged,
     Side,
     ToBooth,
-    utc,
 )
-from signaling.store import RequestIdTaken, SignalingStore
+from signaling.store import SignalingStore
 
 log = logging.getLogger(__name__)
 
@@ -422,28 +419,37 @@ class SignalingServer:
     async def _request_help(self, booth_id: str, message: RequestHelp) -> None:
         d = self.dispatcher
         args = (message.request_id, message.department, message.language)
-        if not d.check_request(booth_id, *args):
-            record = d.new_request_record(booth_id, *args, self._clock())
-            try:
-                await self.store.insert_request(record)
-            except RequestIdTaken as err:
-                raise ProtocolError(
-                    ErrorCode.OUT_OF_ORDER, "request id already used", ref="request_help"
-                ) from err
-            try:
-                actions = d.request_help(booth_id, *args, self._clock())
-            except ProtocolError:
-                # The booth changed its mind while the row was written (rare).
-                self.store.record(
-                    RequestStatusChanged(
-                        message.request_id, RequestStatus.ABANDONED, utc(self._clock())
-                    )
-                )
-                raise
-            log.info("booth %s requested help (%s)", booth_id, message.department)
-        else:
-            actions = d.request_help(booth_id, *args, self._clock())
+        now = self._clock()
+        if d.check_request(booth_id, *args):  # the same request again: idempotent
+            self.perform(d.request_help(booth_id, *args, now))
+            return
+        actions = d.request_help(booth_id, *args, now)
+        # Queued before the actions' own records, so the row precedes its timeline.
+        stored = self.store.insert_request(d.new_request_record(booth_id, *args, now))
+        stored.add_done_callback(
+            lambda done: self._request_stored(booth_id, message.request_id, done)
+        )
+        log.info("booth %s requested help (%s)", booth_id, message.department)
         self.perform(actions)
+
+    def _request_stored(self, booth_id: str, request_id: str, done: asyncio.Future[None]) -> None:
+        """The database refused a request that is already queued (its id was used
+        before): take it out of the queue again and tell the booth."""
+        if done.cancelled() or done.exception() is None:
+            return
+        log.error(
+            "booth %s: request %s could not be stored: %s", booth_id, request_id, done.exception()
+        )
+        try:
+            actions = self.dispatcher.cancel_request(booth_id, request_id, self._clock())
+        except ProtocolError:
+            return  # already matched or closed; its records are dropped by the store
+        self.perform(actions)
+        conn = self.booths.get(booth_id)
+        if conn is not None:
+            conn.send_error(
+                ProtocolError(ErrorCode.OUT_OF_ORDER, "request id already used", ref="request_help")
+            )
 
     # ------------------------------------------------------------------ staff
 

@@ -2,10 +2,14 @@
 
 Reads (directory, waiting requests, recent handle times) are plain queries. Writes go
 through one writer task that takes every record queued since its last round and commits
-them in a single transaction, so the hot path only appends to a queue. A new help request
-is the exception that proves the rule: :meth:`SignalingStore.insert_request` waits until
-the row is committed (a QueueStatus must never promise a request the database does not
-have), but it rides in the same batched transaction as everything else.
+them in a single transaction (one statement per kind of record), so the hot path only
+appends to a queue: a new request is matched while its row is being written.
+
+A request the database refuses (its id was used before) is reported through the future
+:meth:`SignalingStore.insert_request` returns; every later record about that request is
+dropped instead of being attached to the older row. A crash between matching and the
+commit loses nothing either: a booth keeps its request and sends it again after any
+reconnect until it is matched or closed.
 
 :meth:`SignalingStore.aclose` writes everything still queued before it returns.
 """
@@ -16,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, cast
 
@@ -98,6 +102,8 @@ class SignalingStore:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
+        # requests (and their sessions) whose row was refused: later records are dropped
+        self._refused = _Refused()
 
     async def start(self) -> None:
         if self._writer is None:
@@ -190,13 +196,12 @@ class SignalingStore:
 
     # ------------------------------------------------------------------ writes
 
-    async def insert_request(self, record: NewRequest) -> None:
-        """Store a new help request and return once it is committed.
-
-        Raises :class:`RequestIdTaken` when the id is already used."""
+    def insert_request(self, record: NewRequest) -> asyncio.Future[None]:
+        """Queue a new help request; the future completes when it is committed, or fails
+        with :class:`RequestIdTaken` when the id is already used."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._put(_Item(record, done))
-        await done
+        return done
 
     def record(self, record: Record) -> None:
         """Queue a record; it is committed with the next batch."""
@@ -230,14 +235,14 @@ class SignalingStore:
         failures: dict[int, BaseException] = {}
         try:
             async with self._engine.begin() as conn:
-                failures = await _apply_all(conn, items)
+                failures = await _apply_all(conn, items, self._refused)
         except Exception:
             log.exception("batch of %d records failed; writing them one by one", len(items))
             failures = {}
             for index, item in enumerate(items):
                 try:
                     async with self._engine.begin() as conn:
-                        error = (await _apply_all(conn, [item])).get(0)
+                        error = (await _apply_all(conn, [item], self._refused)).get(0)
                     if error is not None:
                         failures[index] = error
                 except Exception as err:
@@ -283,17 +288,36 @@ _SET_NOTE = (
 )
 
 
-async def _apply_all(conn: AsyncConnection, items: list[_Item]) -> dict[int, BaseException]:
+@dataclass(slots=True)
+class _Refused:
+    requests: set[str] = field(default_factory=set)
+    sessions: set[str] = field(default_factory=set)
+
+    def drops(self, rec: Record) -> bool:
+        if isinstance(rec, NewRequest):
+            return False
+        if isinstance(rec, SessionOpened):
+            if rec.request_id in self.requests:
+                self.sessions.add(rec.session_id)
+                return True
+            return False
+        if isinstance(rec, TimelineEvent | RequestStatusChanged):
+            return rec.request_id in self.requests
+        return rec.session_id in self.sessions
+
+
+async def _apply_all(
+    conn: AsyncConnection, items: list[_Item], refused: _Refused
+) -> dict[int, BaseException]:
     """Write a batch with one statement per kind of record (executemany), in the order
     the records depend on each other: new requests, new sessions, timeline events, then
     the updates. Returns the records that could not be written, by index."""
     failures: dict[int, BaseException] = {}
-    by_kind: dict[type, list[tuple[int, Record]]] = defaultdict(list)
+    new_requests: list[tuple[int, NewRequest]] = []
     for index, item in enumerate(items):
-        if item.record is not None:
-            by_kind[type(item.record)].append((index, item.record))
+        if isinstance(item.record, NewRequest):
+            new_requests.append((index, item.record))
 
-    new_requests = [(i, r) for i, r in by_kind[NewRequest] if isinstance(r, NewRequest)]
     if new_requests:
         ids = [r.request_id for _, r in new_requests]
         taken = set(
@@ -303,6 +327,7 @@ async def _apply_all(conn: AsyncConnection, items: list[_Item]) -> dict[int, Bas
         for index, r in new_requests:
             if r.request_id in taken:
                 failures[index] = RequestIdTaken(f"request id {r.request_id} is already used")
+                refused.requests.add(r.request_id)
                 continue
             taken.add(r.request_id)
             rows.append(
@@ -317,6 +342,12 @@ async def _apply_all(conn: AsyncConnection, items: list[_Item]) -> dict[int, Bas
             )
         if rows:
             await conn.execute(insert(_REQUESTS), rows)
+
+    by_kind: dict[type, list[tuple[int, Record]]] = defaultdict(list)
+    for index, item in enumerate(items):
+        rec = item.record
+        if rec is not None and not isinstance(rec, NewRequest) and not refused.drops(rec):
+            by_kind[type(rec)].append((index, rec))
 
     opened = [r for _, r in by_kind[SessionOpened] if isinstance(r, SessionOpened)]
     if opened:

@@ -23,9 +23,11 @@ from shared.protocol import (
     EndReason,
     ErrorCode,
     ErrorMessage,
+    HangUp,
     Offer,
     QueueStatus,
     Relay,
+    RequestClosed,
     RequestHelp,
     SdpPayload,
     ServerToBooth,
@@ -34,6 +36,7 @@ from shared.protocol import (
     StaffHello,
     StaffState,
     StaffStateChanged,
+    WrapUpDone,
 )
 from shared.store import CallSession, session_factory
 from shared.wire import encode
@@ -244,3 +247,55 @@ async def test_queue_status_reaches_a_booth_that_comes_back(tmp_path: Path) -> N
             assert isinstance(welcome, BoothWelcome) and welcome.pending_request_id == "r-q"
             status = await booth.expect(QueueStatus)
             assert (status.request_id, status.position) == ("r-q", 1)
+
+
+async def test_a_reused_request_id_is_refused_and_leaves_the_old_record_alone(
+    tmp_path: Path,
+) -> None:
+    """Requests are matched while their row is written; one the database refuses (the id
+    was used before) leaves the queue again, and nothing is attached to the old row."""
+    async with running_signaling(tmp_path) as (config, ws_url, creds, token):
+        async with (
+            connect_booth(ws_url, BOOTH, creds[BOOTH]) as booth,
+            connect_staff(ws_url, token("sato")) as staff,
+        ):
+            session_id = await _in_call(booth, staff, "r-once")
+            await staff.send(HangUp(session_id=session_id))
+            await booth.expect(SessionEnded)
+            await staff.expect(SessionEnded)
+            await staff.send(WrapUpDone(session_id=session_id, note=""))
+            await _stored_outcome(config.database_url, session_id)
+            async with open_engine(config.database_url) as engine, engine.connect() as conn:
+                before = (
+                    (
+                        await conn.exec_driver_sql(
+                            "SELECT kind FROM session_events WHERE request_id = 'r-once' "
+                            "ORDER BY id"
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+            await booth.send(RequestHelp(request_id="r-once", department="shimin", language="ja"))
+            closed = await booth.expect(RequestClosed)
+            assert closed.request_id == "r-once"
+            error = await booth.expect(ErrorMessage)
+            assert (error.code, error.ref) == (ErrorCode.OUT_OF_ORDER, "request_help")
+            # The booth can go on with a fresh id.
+            await booth.send(RequestHelp(request_id="r-twice", department="shimin", language="ja"))
+            assert (await booth.expect(QueueStatus)).request_id == "r-twice"
+        async with open_engine(config.database_url) as engine, engine.connect() as conn:
+            after = (
+                (
+                    await conn.exec_driver_sql(
+                        "SELECT kind FROM session_events WHERE request_id = 'r-once' ORDER BY id"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            status = (
+                await conn.exec_driver_sql("SELECT status FROM help_requests WHERE id = 'r-once'")
+            ).scalar_one()
+        assert list(after) == list(before)
+        assert status == "matched"
