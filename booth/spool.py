@@ -198,7 +198,10 @@ class PrintSpool:
         if self._started:
             return
         self._started = True
-        await self._worker.run(self._open_blocking)
+        try:
+            await self._worker.run(self._open_blocking)
+        except sqlite3.Error as err:
+            raise SpoolError(f"cannot open the print spool {self.path}: {err}") from err
         interrupted = await self._db(
             lambda c: [
                 _record(r)
@@ -533,23 +536,30 @@ class PrintSpool:
         try:
             for record in interrupted:
                 await self._settle_interrupted(record, owner)
-            delay = self.retry_min_s
-            while not self._closing.is_set():
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("print spool: settling interrupted %s jobs failed", target.value)
+        delay = self.retry_min_s
+        while not self._closing.is_set():
+            try:
                 self._wake[target].clear()
                 queued = await self._next_queued(target)
                 if queued is None:
                     await self._wake[target].wait()
                     continue
                 record, document = queued
-                if await self._print(record, document, owner):
-                    delay = self.retry_min_s
-                else:
-                    await self._pause(delay)
-                    delay = min(self.retry_max_s, delay * 2)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("print spool worker for the %s printer stopped", target.value)
+                printed = await self._print(record, document, owner)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database problem: keep the worker alive, try again later
+                logger.exception("print spool worker for the %s printer failed", target.value)
+                printed = False
+            if printed:
+                delay = self.retry_min_s
+            else:
+                await self._pause(delay)
+                delay = min(self.retry_max_s, delay * 2)
 
     async def _settle_interrupted(
         self, record: JobRecord, owner: DeviceOwner[ReceiptPrinter] | DeviceOwner[A4Printer]
