@@ -19,6 +19,7 @@ from typing import Final, cast
 from tests.netlink.link import EmulatedLink, LinkEnd
 
 _PROBE: Final = struct.Struct("!Id")  # sequence number, send time
+_UDP_IP_ETHERNET_HEADERS: Final = 8 + 20 + 14
 
 
 # --------------------------------------------------------------------------------------
@@ -142,7 +143,13 @@ async def measure_loss(
     link: EmulatedLink, packets: int = 2500, duration_s: float = 1.0, size: int = 100
 ) -> dict[str, LossResult]:
     """``packets`` UDP datagrams each way at once, paced over ``duration_s``; the result
-    per direction (``"booth_to_hq"``, ``"hq_to_booth"``)."""
+    per direction (``"booth_to_hq"``, ``"hq_to_booth"``).
+
+    The pace is stretched when needed so that the datagrams use at most half the link's
+    rate: only the profile's random loss is measured, never a full queue.
+    """
+    frame_bits = (size + _UDP_IP_ETHERNET_HEADERS) * 8
+    duration_s = max(duration_s, packets * frame_bits / (0.5 * link.profile.rate_mbit * 1e6))
     settle_s = link.profile.delay_ms / 1000 + link.profile.queue_ms / 1000 + 0.3
     up, down = await asyncio.gather(
         _one_way_loss(link.booth, link.hq, packets, duration_s, size, settle_s),
