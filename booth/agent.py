@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 
 from booth.call import MEDIA_STATES, WAITING_STATES, CallState, RemoteCounterCall
+from booth.devices.hub import BoothDevices
 from booth.ice import restrict_host_addresses
 from booth.media import BoothMedia, FrameBuffer, open_media
 from booth.signaling_client import BoothSignalingClient
-from shared.config import BoothConfig
+from shared.config import BoothConfig, DeviceConfig
 from shared.kiosk_protocol import (
     BackToStartTouched,
     CancelTouched,
@@ -66,6 +67,7 @@ class BoothAgent:
         self.config = config
         self.signaling = BoothSignalingClient(config, self)
         self.media = media
+        self.devices = BoothDevices(_with_spool_path(config))
         self.staff_video = FrameBuffer()
         self.self_video = FrameBuffer()
         self.phase = VisitPhase.START
@@ -95,6 +97,15 @@ class BoothAgent:
             self.media = open_media(self.config.devices, caption=caption)
         for line in self.media.describe():
             logger.info("booth %s: %s", self.config.booth_id, line)
+        await self.devices.start()
+        for status in self.devices.statuses():
+            logger.info(
+                "booth %s: %s %s: %s",
+                self.config.booth_id,
+                status.kind.value,
+                status.name,
+                status.state.value,
+            )
         await self.signaling.start()
         self._publish()
 
@@ -115,6 +126,7 @@ class BoothAgent:
         if self.call is not None:
             await self.call.aclose()
         await self.signaling.aclose()
+        await self.devices.aclose()
         if self.media is not None:
             await self.media.aclose()
         self._listeners.clear()
@@ -362,8 +374,27 @@ class BoothAgent:
             "call_state": call.state.value if call else None,
             "session_id": call.session_id if call else None,
             "staff_frames": self.staff_video.frames,
+            "devices": [
+                {
+                    "kind": d.kind.value,
+                    "name": d.name,
+                    "state": d.state.value,
+                    "since": d.since,
+                    "reason": d.reason,
+                }
+                for d in self.devices.statuses()
+            ],
             "time": time.time(),
         }
+
+
+def _with_spool_path(config: BoothConfig) -> DeviceConfig:
+    """The device settings, with the print spool beside the booth's other state: one
+    spool file per booth id unless the configuration names one."""
+    devices = config.devices
+    if devices.spool_path:
+        return devices
+    return devices.model_copy(update={"spool_path": f"var/spool-{config.booth_id}.sqlite3"})
 
 
 def _failure_text(call: RemoteCounterCall, language: str) -> str:

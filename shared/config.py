@@ -84,7 +84,7 @@ class DeviceConfig(BaseModel):
     document_camera: str = "simulated"  # or "v4l2:/dev/videoN"
     receipt_printer: str = "simulated"  # or "network:HOST[:PORT]", "cups:QUEUE", "usb:VID:PID"
     a4_printer: str = "simulated"  # or "cups:QUEUE"
-    spool_path: str = "var/booth-spool.sqlite3"  # the durable print spool
+    spool_path: str = ""  # the durable print spool; "": var/spool-<booth id>.sqlite3
 
 
 class BoothConfig(BaseSettings):
