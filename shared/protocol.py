@@ -142,6 +142,29 @@ class QueueEntry(Model):
     offered_to: Ident | None = None  # staff id currently ringing for it, if any
 
 
+DeviceKindName = Literal[
+    "card_reader",
+    "document_camera",
+    "receipt_printer",
+    "a4_printer",
+    "camera",
+    "microphone",
+    "speaker",
+]
+DeviceStateName = Literal["ready", "busy", "card_present", "paper_out", "offline", "error"]
+
+
+class DeviceReport(Model):
+    """One device of a booth as the booth sees it. ``reason`` says what is wrong in
+    words an installer can act on; it never holds personal data."""
+
+    kind: DeviceKindName
+    name: ShortText  # e.g. "receipt (socket://10.0.0.5:9100)", "camera v4l2:/dev/video0"
+    state: DeviceStateName
+    since: datetime
+    reason: ShortText | None = None
+
+
 class BoothStatus(Model):
     booth: BoothInfo
     state: BoothState
@@ -149,6 +172,8 @@ class BoothStatus(Model):
     request_id: Ident | None = None
     session_id: Ident | None = None
     staff: StaffInfo | None = None
+    # The booth's last device report (kept while the booth is offline).
+    devices: list[DeviceReport] = []
 
 
 class ErrorMessage(Model):
@@ -251,8 +276,23 @@ class CancelRequest(Model):
     request_id: Ident
 
 
+class DeviceStatusReport(Model):
+    """The state of every device of the booth; sent after each welcome and whenever a
+    device changes. Each report replaces the previous one."""
+
+    type: Literal["device_status"] = "device_status"
+    devices: Annotated[list[DeviceReport], Field(max_length=32)]
+
+
 BoothToServer = Annotated[
-    BoothHello | RequestHelp | CancelRequest | Relay | HangUp | MediaConnected | MediaFailed,
+    BoothHello
+    | RequestHelp
+    | CancelRequest
+    | Relay
+    | HangUp
+    | MediaConnected
+    | MediaFailed
+    | DeviceStatusReport,
     Field(discriminator="type"),
 ]
 
