@@ -42,6 +42,7 @@ from shared.protocol import (
     BoothWelcome,
     CallStarted,
     Department,
+    DeviceReport,
     EndReason,
     ErrorCode,
     IceServer,
@@ -246,6 +247,18 @@ class BoothEntry:
     state_since: float = 0.0
     request_id: str | None = None
     session_id: str | None = None
+    devices: tuple[DeviceReport, ...] = ()  # the last device report, kept while offline
+
+
+FAILED_DEVICE_STATES = frozenset({"paper_out", "offline", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceChanges:
+    """Devices of one booth that failed or recovered with its latest report (for the log)."""
+
+    failed: tuple[DeviceReport, ...] = ()
+    recovered: tuple[DeviceReport, ...] = ()
 
 
 @dataclass(slots=True)
@@ -496,6 +509,24 @@ class Dispatcher:
             self._push_deadline(now + self.rules.booth_reconnect_grace_s)
         self._match(now, out)
         return out
+
+    def report_devices(self, booth_id: str, devices: Iterable[DeviceReport]) -> DeviceChanges:
+        """Store the booth's device report (replacing the last one); the branch board of
+        its site is pushed with the next fan-out when anything changed."""
+        booth = self.booths[booth_id]
+        new = tuple(devices)
+        if new == booth.devices:
+            return DeviceChanges()
+        old_failed = {(d.kind, d.name) for d in booth.devices if d.state in FAILED_DEVICE_STATES}
+        failed = tuple(
+            d for d in new if d.state in FAILED_DEVICE_STATES and (d.kind, d.name) not in old_failed
+        )
+        recovered = tuple(
+            d for d in new if d.state not in FAILED_DEVICE_STATES and (d.kind, d.name) in old_failed
+        )
+        booth.devices = new
+        self._dirty_sites.add(booth.info.site_id)
+        return DeviceChanges(failed, recovered)
 
     def check_request(self, booth_id: str, request_id: str, department: str, language: str) -> bool:
         """Validate a RequestHelp without changing state. True: the booth already has this
@@ -987,12 +1018,14 @@ class Dispatcher:
                         request_id=booth.request_id,
                         session_id=booth.session_id,
                         staff=self.staff[session.staff_id].info if session else None,
+                        devices=list(booth.devices),
                     )
                 )
             snap = BoothsSnapshot(booths=statuses)
             cache[site] = snap
         signature = tuple(
-            (b.booth.booth_id, b.state, b.request_id, b.session_id) for b in snap.booths
+            (b.booth.booth_id, b.state, b.request_id, b.session_id, tuple(b.devices))
+            for b in snap.booths
         )
         if signature == member.last_snapshot:
             return None

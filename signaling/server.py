@@ -35,6 +35,7 @@ from shared.protocol import (
     BoothToServer,
     CancelRequest,
     DeclineOffer,
+    DeviceStatusReport,
     ErrorCode,
     ErrorMessage,
     HangUp,
@@ -413,8 +414,26 @@ class SignalingServer:
             self.perform(d.media_connected(Side.BOOTH, booth_id, message.session_id, now))
         elif isinstance(message, MediaFailed):
             self.perform(d.media_failed(Side.BOOTH, booth_id, message.session_id, now))
+        elif isinstance(message, DeviceStatusReport):
+            self._device_status(booth_id, message)
         else:  # BoothHello
             raise ProtocolError(ErrorCode.OUT_OF_ORDER, "already authenticated", ref="hello")
+
+    def _device_status(self, booth_id: str, message: DeviceStatusReport) -> None:
+        changes = self.dispatcher.report_devices(booth_id, message.devices)
+        for device in changes.failed:
+            log.warning(
+                "booth %s: %s %s %s (%s)",
+                booth_id,
+                device.kind,
+                device.name,
+                device.state,
+                device.reason or "no reason given",
+            )
+        for device in changes.recovered:
+            log.info(
+                "booth %s: %s %s recovered (%s)", booth_id, device.kind, device.name, device.state
+            )
 
     async def _request_help(self, booth_id: str, message: RequestHelp) -> None:
         d = self.dispatcher
