@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
-  python3-venv ffmpeg chromium fonts-noto-cjk
+  python3-venv python3-dev build-essential ffmpeg chromium fonts-noto-cjk poppler-utils
   pcscd vsmartcard-vpcd libpcsclite-dev pcsc-tools
   coturn cups cups-client cups-filters redis-server postgresql nftables iproute2 util-linux
 )
