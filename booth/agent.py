@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from booth.call import MEDIA_STATES, WAITING_STATES, CallState, RemoteCounterCall
+from booth.device_report import DeviceStatusReporter
 from booth.devices.hub import BoothDevices
 from booth.ice import restrict_host_addresses
 from booth.media import BoothMedia, FrameBuffer, open_media
@@ -68,6 +69,7 @@ class BoothAgent:
         self.signaling = BoothSignalingClient(config, self)
         self.media = media
         self.devices = BoothDevices(_with_spool_path(config))
+        self.device_reporter: DeviceStatusReporter | None = None  # created by start()
         self.staff_video = FrameBuffer()
         self.self_video = FrameBuffer()
         self.phase = VisitPhase.START
@@ -106,6 +108,7 @@ class BoothAgent:
                 status.name,
                 status.state.value,
             )
+        self.device_reporter = DeviceStatusReporter(self.devices, self.media, self.signaling)
         await self.signaling.start()
         self._publish()
 
@@ -125,6 +128,8 @@ class BoothAgent:
             self._ended_timer.cancel()
         if self.call is not None:
             await self.call.aclose()
+        if self.device_reporter is not None:
+            await self.device_reporter.aclose()
         await self.signaling.aclose()
         await self.devices.aclose()
         if self.media is not None:
@@ -326,6 +331,8 @@ class BoothAgent:
             # Cancel it first, so that a request of ours can be sent after it.
             logger.info("cancelling request %s left from before", stale)
             await self.signaling.send(CancelRequest(request_id=stale))
+        if self.device_reporter is not None:
+            await self.device_reporter.send_now()  # the server keeps only the last report
         self._publish()
 
     async def on_disconnected(self, reason: str) -> None:

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from booth.agent import BoothAgent
+from booth.devices.base import DeviceState
+from booth.devices.printing import SimulatedReceiptPrinter
+from shared.config import BoothConfig, DeviceConfig
 from shared.protocol import (
     BoothsSnapshot,
     BoothState,
@@ -215,3 +219,63 @@ async def test_invalid_device_report_is_refused_and_changes_nothing(tmp_path: Pa
                     "receipt_printer",
                     "camera",
                 ]
+
+
+async def test_booth_agent_reports_its_devices_and_a_printer_running_out_of_paper(
+    tmp_path: Path,
+) -> None:
+    async with running_signaling(tmp_path) as sig:
+        agent = BoothAgent(
+            BoothConfig(
+                booth_id="seiseki-1",
+                credential=sig.booth_credentials["seiseki-1"],
+                server_url=f"{sig.ws_url}/ws/booth",
+                devices=DeviceConfig(
+                    video_width=320,
+                    video_height=240,
+                    video_fps=15,
+                    spool_path=str(tmp_path / "spool.sqlite3"),
+                ),
+                reconnect_min_s=0.1,
+                reconnect_max_s=0.5,
+            )
+        )
+        async with connect_staff(sig.ws_url, sig.staff_token("takahashi")) as branch:
+            try:
+                await agent.start()
+                status = await booth_status(branch, "seiseki-1", lambda s: s.devices)
+                assert [(d.kind, d.state) for d in status.devices] == [
+                    ("card_reader", "card_present"),  # the simulator holds a demo card
+                    ("receipt_printer", "ready"),
+                    ("a4_printer", "ready"),
+                    ("camera", "ready"),
+                    ("microphone", "ready"),
+                    ("speaker", "ready"),
+                ]
+                names = {d.kind: d.name for d in status.devices}
+                assert names["camera"] == "simulated camera 320x240@15"
+                assert names["receipt_printer"] == "receipt (simulated)"
+
+                receipt = agent.devices.receipt
+                assert receipt is not None
+                assert isinstance(receipt.driver, SimulatedReceiptPrinter)
+                receipt.driver.simulate(DeviceState.PAPER_OUT, PAPER_OUT_REASON)
+                await agent.devices.check_printers()
+                status = await booth_status(
+                    branch, "seiseki-1", lambda s: (r := receipt_of(s)) and r.state == "paper_out"
+                )
+                reported = receipt_of(status)
+                assert reported is not None and reported.reason == PAPER_OUT_REASON
+                assert agent.device_reporter is not None
+                sent = agent.device_reporter.sent
+
+                # A burst of changes goes out as one report.
+                receipt.set_state(DeviceState.BUSY)
+                receipt.set_state(DeviceState.PAPER_OUT, "again")
+                receipt.set_state(DeviceState.READY)
+                status = await booth_status(
+                    branch, "seiseki-1", lambda s: (r := receipt_of(s)) and r.state == "ready"
+                )
+                assert agent.device_reporter.sent == sent + 1
+            finally:
+                await agent.aclose()

@@ -8,6 +8,7 @@ the branch board and ``python -m booth doctor`` can say what is wrong.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -32,8 +33,12 @@ DevicesListener = Callable[[list[DeviceStatus]], None]
 class BoothDevices:
     """The booth's card reader, printers and print spool."""
 
-    def __init__(self, config: DeviceConfig) -> None:
+    def __init__(self, config: DeviceConfig, *, printer_poll_s: float = 30.0) -> None:
         self.config = config
+        # Printers report paper out and offline only when asked: ask them while idle, so
+        # that an empty roll shows on the branch board before the next resident needs it.
+        self.printer_poll_s = printer_poll_s
+        self._poll_task: asyncio.Task[None] | None = None
         self.card: CardReaderOwner | None = None
         self.receipt: DeviceOwner[ReceiptPrinter] | None = None
         self.a4: DeviceOwner[A4Printer] | None = None
@@ -69,12 +74,19 @@ class BoothDevices:
             self._unavailable_device(DeviceKind.A4_PRINTER, c.a4_printer, err)
         self.spool = PrintSpool(c.spool_path, receipt_printer=self.receipt, a4_printer=self.a4)
         await self.spool.start()
+        await self.check_printers()
         self._notify()
+        if self.printer_poll_s > 0:
+            self._poll_task = asyncio.create_task(self._poll_printers(), name="printer-poll")
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
         if self.spool is not None:
             await self.spool.aclose()
         if self.card is not None:
@@ -100,6 +112,31 @@ class BoothDevices:
                 out.append(self._unavailable[kind])
         return out
 
+    async def check_printers(self) -> None:
+        """Ask each idle printer for its condition now and publish it (a printer that is
+        printing is left alone: the print spool reports on it)."""
+        owners: list[DeviceOwner[ReceiptPrinter] | DeviceOwner[A4Printer]] = [
+            o for o in (self.receipt, self.a4) if o is not None
+        ]
+        for owner in owners:
+            if _printing(owner):
+                continue
+            try:
+                condition = await owner.use(lambda p: p.query_status())
+            except DeviceError as err:
+                owner.set_state(DeviceState.ERROR, err.reason)
+                continue
+            if not _printing(owner):  # a job may have started meanwhile
+                owner.set_state(condition.state, condition.reason)
+
+    async def _poll_printers(self) -> None:
+        while True:
+            await asyncio.sleep(self.printer_poll_s)
+            try:
+                await self.check_printers()
+            except Exception:
+                logger.exception("checking the printers failed")
+
     def add_listener(self, listener: DevicesListener) -> None:
         """Call ``listener`` with all statuses whenever one of them changes."""
         self._listeners.append(listener)
@@ -123,3 +160,7 @@ class BoothDevices:
                 listener(statuses)
             except Exception:
                 logger.exception("devices listener failed")
+
+
+def _printing(owner: DeviceOwner[ReceiptPrinter] | DeviceOwner[A4Printer]) -> bool:
+    return owner.status.state is DeviceState.BUSY
