@@ -3,7 +3,10 @@
 It signs in with a staff token, becomes available, accepts offers, answers the booth's
 WebRTC offer with aiortc and sends a stamped test picture and a 660 Hz tone back. It
 records when each step happened and proves what arrived from the booth (the booth's frame
-stamps and its tone). Used by the end-to-end tests and by ``bench/call_setup.py``.
+stamps and its tone). It also takes the booth's data channel (``ekichika``) and can ask
+for the My Number card's 4 basic facts on it (:meth:`AutoStaff.request_card_read`).
+Every signaling frame it sends and receives is kept in ``signaling_frames`` so that tests
+can show what the server saw. Used by the end-to-end tests and by ``bench/call_setup.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
@@ -26,13 +29,19 @@ from av import AudioFrame
 from booth.ice import rtc_configuration
 from booth.media import StampedVideoTrack, ToneAudioTrack, read_stamp, tone_level
 from shared import wire
+from shared.errors import ProtocolError
 from shared.protocol import (
+    DATA_CHANNEL_LABEL,
     AcceptOffer,
     CallStarted,
+    CardBasicInfo,
+    CardReadFailed,
+    CardReadRequest,
     ErrorMessage,
     HangUp,
     IcePayload,
     MediaConnected,
+    Model,
     Offer,
     OfferWithdrawn,
     Relay,
@@ -71,6 +80,11 @@ class CallRecord:
     latencies_ms: list[int] = field(default_factory=list)  # stamp time → decoded here
     audio_samples: list[np.ndarray] = field(default_factory=list)
     ended: SessionEnded | None = None
+    # the booth's data channel and every PeerData message that came on it, in order
+    channel: RTCDataChannel | None = None
+    channel_open: asyncio.Event = field(default_factory=asyncio.Event)
+    peer_data: list[Model] = field(default_factory=list)
+    peer_inbox: asyncio.Queue[Model] = field(default_factory=asyncio.Queue)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     first_frame: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -114,6 +128,8 @@ class AutoStaff:
         self.calls: dict[str, CallRecord] = {}
         self._pending: dict[str, tuple[float, Offer, float]] = {}  # request id → offer times
         self.call_started: asyncio.Queue[CallRecord] = asyncio.Queue()
+        # every signaling frame, as text: ("sent" | "received", frame)
+        self.signaling_frames: list[tuple[str, str]] = []
         self._state_changed = asyncio.Condition()
 
     async def __aenter__(self) -> AutoStaff:
@@ -135,7 +151,43 @@ class AutoStaff:
 
     async def send(self, message: StaffToServer) -> None:
         assert self._ws is not None
-        await self._ws.send_str(wire.encode(message))
+        frame = wire.encode(message)
+        self.signaling_frames.append(("sent", frame))
+        await self._ws.send_str(frame)
+
+    # ---------------------------------------------------------------- data channel
+
+    def send_peer_data(self, session_id: str, message: Model) -> None:
+        """Send one PeerData message on the booth's data channel of ``session_id``."""
+        record = self.calls[session_id]
+        channel = record.channel
+        if channel is None or channel.readyState != "open":
+            raise RuntimeError(f"no open data channel in session {session_id}")
+        channel.send(wire.encode(message))
+
+    async def request_card_read(self, session_id: str, request_id: str) -> None:
+        """Ask the booth for the card's 4 basic facts (waits for the data channel)."""
+        record = self.calls[session_id]
+        async with asyncio.timeout(10):
+            await record.channel_open.wait()
+        self.send_peer_data(session_id, CardReadRequest(request_id=request_id))
+
+    async def next_peer_data(self, session_id: str, timeout_s: float = 10) -> Model:
+        async with asyncio.timeout(timeout_s):
+            return await self.calls[session_id].peer_inbox.get()
+
+    async def card_read_result(
+        self, session_id: str, request_id: str, timeout_s: float = 15
+    ) -> CardBasicInfo | CardReadFailed:
+        """The outcome of ``request_id``: the 4 facts, or why there are none."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await self.calls[session_id].peer_inbox.get()
+                if (
+                    isinstance(message, CardBasicInfo | CardReadFailed)
+                    and message.request_id == request_id
+                ):
+                    return message
 
     async def set_available(self) -> None:
         """Become available (with requests waiting, an offer may ring at once)."""
@@ -188,6 +240,7 @@ class AutoStaff:
         async for msg in self._ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
+            self.signaling_frames.append(("received", msg.data))
             message: ServerToStaff = wire.decode(wire.server_to_staff, msg.data)
             await self._handle(message)
         async with self._state_changed:
@@ -253,6 +306,29 @@ class AutoStaff:
         @pc.on("track")
         def _track(track: MediaStreamTrack) -> None:
             self._spawn(self._consume(track, record))
+
+        @pc.on("datachannel")
+        def _datachannel(channel: RTCDataChannel) -> None:
+            if channel.label != DATA_CHANNEL_LABEL:
+                return
+            record.channel = channel
+
+            @channel.on("message")
+            def _message(data: str | bytes) -> None:
+                if not isinstance(data, str):
+                    return
+                try:
+                    message = wire.decode(wire.peer_data, data)
+                except ProtocolError as err:
+                    log.warning("bad data channel message: %s", err)
+                    return
+                record.peer_data.append(message)
+                record.peer_inbox.put_nowait(message)
+
+            if channel.readyState == "open":
+                record.channel_open.set()
+            else:
+                channel.on("open", record.channel_open.set)
 
         return pc
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from booth.call import MEDIA_STATES, WAITING_STATES, CallState, RemoteCounterCall
+from booth.card_read import CardReadFlow
 from booth.device_report import DeviceStatusReporter
 from booth.devices.hub import BoothDevices
 from booth.ice import restrict_host_addresses
@@ -26,6 +27,8 @@ from shared.config import BoothConfig, DeviceConfig
 from shared.kiosk_protocol import (
     BackToStartTouched,
     CancelTouched,
+    CardCancelTouched,
+    CardDismissTouched,
     ChooseLanguage,
     HangUpTouched,
     KeepWaitingTouched,
@@ -33,6 +36,7 @@ from shared.kiosk_protocol import (
     KioskLanguage,
     KioskScreen,
     PageToAgent,
+    PinEntered,
     RequestHelpTouched,
     ScreenState,
 )
@@ -84,6 +88,8 @@ class BoothAgent:
         self._started = False
         self._closed = False
         self._lock = asyncio.Lock()
+        # The My Number card read staff ask for during a call (booth/card_read.py).
+        self.card_read = CardReadFlow(lambda: self.devices.card, on_change=self._publish)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -126,6 +132,7 @@ class BoothAgent:
         self._closed = True
         if self._ended_timer is not None:
             self._ended_timer.cancel()
+        await self.card_read.aclose()
         if self.call is not None:
             await self.call.aclose()
         if self.device_reporter is not None:
@@ -184,6 +191,7 @@ class BoothAgent:
             screen = (
                 KioskScreen.IN_CALL if call.state is CallState.IN_CALL else KioskScreen.CONNECTING
             )
+            fields["card"] = self.card_read.prompt()
         elif not connected:
             screen = KioskScreen.CONNECTION_LOST
             fields["request_kept"] = (
@@ -240,6 +248,12 @@ class BoothAgent:
             case HangUpTouched():
                 if call is not None and call.state in MEDIA_STATES:
                     await call.hang_up()
+            case PinEntered():
+                self.card_read.pin_entered(message.pin)  # the PIN goes nowhere else
+            case CardCancelTouched():
+                self.card_read.resident_cancel()
+            case CardDismissTouched():
+                self.card_read.dismiss()
             case BackToStartTouched():
                 if call is not None and call.state in WAITING_STATES:
                     await call.cancel()
@@ -268,6 +282,9 @@ class BoothAgent:
         )
         self.call = call
         self.calls.append(call)
+        call.on_peer_data = self.card_read.on_peer_data
+        call.on_channel_open = self.card_read.channel_open
+        self.card_read.attach(call)
         self.phase = VisitPhase.CALL
         self.keep_waiting = False
         self.error = None
@@ -291,6 +308,8 @@ class BoothAgent:
     def _on_call_change(self, call: RemoteCounterCall) -> None:
         if call is not self.call:
             return
+        if call.finished:
+            self.card_read.detach()  # nothing of the read outlives the call
         if call.finished and self.phase is VisitPhase.CALL:
             if call.closed_reason == "cancelled" and call.started is None:
                 pass  # cancelled by the resident: _go_to_start follows

@@ -12,6 +12,10 @@ the ICE servers the server sent (never aiortc's default STUN), adds the camera a
 microphone, and relays its offer; the staff peer's answer and trickled candidates come back
 as relays. Staff video goes to a :class:`~booth.media.FrameBuffer` that the kiosk screen
 shows; staff audio goes to the speaker.
+
+Before the offer the booth also creates the call's data channel (``ekichika``: reliable,
+ordered). Its messages (:data:`shared.protocol.PeerData`, decoded by :mod:`shared.wire`)
+go to ``on_peer_data``; card data travels only there, never through signaling.
 """
 
 from __future__ import annotations
@@ -21,18 +25,21 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 from av import VideoFrame
 
 from booth.ice import rtc_configuration
 from booth.media import BoothMedia, FrameBuffer, SelfViewTrack, Stamp
+from shared import wire
+from shared.errors import ProtocolError
 from shared.protocol import (
+    DATA_CHANNEL_LABEL,
     BoothToServer,
     CallStarted,
     EndReason,
@@ -42,6 +49,7 @@ from shared.protocol import (
     MediaConnected,
     MediaFailed,
     MediaStatePayload,
+    Model,
     QueueStatus,
     Relay,
     RequestClosed,
@@ -141,6 +149,11 @@ class RemoteCounterCall:
         self._pending_candidates: list[IcePayload] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Condition()
+        # the data channel: messages from staff go to on_peer_data, in order
+        self.on_peer_data: Callable[[Model], Awaitable[None]] | None = None
+        self.on_channel_open: Callable[[], None] | None = None
+        self._channel: RTCDataChannel | None = None
+        self._peer_inbox: asyncio.Queue[str] = asyncio.Queue(maxsize=100)
 
     # ---------------------------------------------------------------- state
 
@@ -275,7 +288,9 @@ class RemoteCounterCall:
             self._local_tracks = [video, audio]
             pc.addTrack(video)
             pc.addTrack(audio)
+            pc.on("datachannel", self._use_channel)
             if started.role == "offerer":
+                self._use_channel(pc.createDataChannel(DATA_CHANNEL_LABEL, ordered=True))
                 await pc.setLocalDescription(await pc.createOffer())
                 await self._relay(SdpPayload(sdp_type="offer", sdp=pc.localDescription.sdp))
         except Exception as err:
@@ -362,6 +377,55 @@ class RemoteCounterCall:
                 if self.staff_video.last_stamp is not None:
                     self.last_stamp = self.staff_video.last_stamp
 
+    # ---------------------------------------------------------------- the data channel
+
+    def _use_channel(self, channel: RTCDataChannel) -> None:
+        if channel.label != DATA_CHANNEL_LABEL or self._channel is not None:
+            return
+        self._channel = channel
+
+        def opened() -> None:
+            logger.info("call %s: data channel open", self.request_id)
+            if self.on_channel_open is not None:
+                self.on_channel_open()
+
+        def received(data: str | bytes) -> None:
+            if not isinstance(data, str):
+                return  # the protocol is text only
+            try:
+                self._peer_inbox.put_nowait(data)
+            except asyncio.QueueFull:
+                logger.warning("call %s: data channel flooded, message dropped", self.request_id)
+
+        channel.on("open", opened)
+        channel.on("message", received)
+        if channel.readyState == "open":
+            opened()
+        self._spawn(self._read_peer_data())
+
+    async def _read_peer_data(self) -> None:
+        while True:
+            data = await self._peer_inbox.get()
+            try:
+                message = wire.decode(wire.peer_data, data)
+            except ProtocolError as err:
+                logger.warning("call %s: bad data channel message: %s", self.request_id, err)
+                continue
+            if self.on_peer_data is not None:
+                try:
+                    await self.on_peer_data(message)
+                except Exception:
+                    logger.exception("call %s: data channel handler failed", self.request_id)
+
+    def send_peer_data(self, message: Model) -> bool:
+        """Send one :data:`~shared.protocol.PeerData` message to staff; False when the
+        channel is not open (nothing is queued for later)."""
+        channel = self._channel
+        if channel is None or channel.readyState != "open" or self.state not in MEDIA_STATES:
+            return False
+        channel.send(wire.encode(message))
+        return True
+
     async def _connect_timeout(self) -> None:
         await asyncio.sleep(self._connect_timeout_s)
         if self.state is CallState.CONNECTING:
@@ -407,6 +471,10 @@ class RemoteCounterCall:
 
     async def _close_media(self) -> None:
         pc, self._pc = self._pc, None
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                channel.close()
         for track in self._local_tracks:
             track.stop()
         self._local_tracks = []

@@ -67,13 +67,36 @@ class BackToStartTouched(Model):
     type: Literal["back_to_start"] = "back_to_start"
 
 
+class PinEntered(Model):
+    """The 4 digits typed on the page's own PIN pad, sent once on 確定. The agent hands them
+    to the card reader only and drops them; they are never stored, logged or echoed."""
+
+    type: Literal["pin_entered"] = "pin_entered"
+    pin: str = Field(pattern=r"^[0-9]{4}$", repr=False)
+
+
+class CardCancelTouched(Model):
+    """The resident stops the card read (やめる)."""
+
+    type: Literal["card_cancel"] = "card_cancel"
+
+
+class CardDismissTouched(Model):
+    """The resident closes the card result (閉じる) and goes back to the call."""
+
+    type: Literal["card_dismiss"] = "card_dismiss"
+
+
 PageToAgent = Annotated[
     ChooseLanguage
     | RequestHelpTouched
     | CancelTouched
     | KeepWaitingTouched
     | HangUpTouched
-    | BackToStartTouched,
+    | BackToStartTouched
+    | PinEntered
+    | CardCancelTouched
+    | CardDismissTouched,
     Field(discriminator="type"),
 ]
 
@@ -87,6 +110,25 @@ class KioskDepartment(Model):
     code: Ident
     name_ja: ShortText
     name_en: ShortText
+
+
+class KioskCardStage(StrEnum):
+    WAITING_FOR_CARD = "waiting_for_card"  # マイナンバーカードを置いてください
+    WAITING_FOR_PIN = "waiting_for_pin"  # the PIN pad
+    READING = "reading"
+    DONE = "done"  # read; the facts went to the staff member
+    FAILED = "failed"
+
+
+class KioskCardPrompt(Model):
+    """The card read shown over the call screen (the call's video keeps running). It never
+    holds the PIN or the card's contents."""
+
+    stage: KioskCardStage
+    remaining_tries: Annotated[int, Field(ge=0, le=15)] | None = None
+    # set in FAILED: wrong_pin | locked | removed | no_reader | cancelled | error
+    failure: Ident | None = None
+    attempt: Annotated[int, Field(ge=0)] = 0  # a new number clears the page's PIN pad
 
 
 class ScreenState(Model):
@@ -107,6 +149,7 @@ class ScreenState(Model):
     request_kept: bool = False  # connection lost, but the request stays in the queue
     return_to_start_s: Annotated[float, Field(ge=0)] | None = None  # on the ended screen
     error: ShortText | None = None  # a short reason shown to the resident
+    card: KioskCardPrompt | None = None  # the My Number card read, during a call
 
 
 class KioskError(Model):

@@ -5,6 +5,7 @@ Three channels, each a discriminated union on the ``type`` field:
 * booth ↔ signaling server: :data:`BoothToServer`, :data:`ServerToBooth`
 * staff browser ↔ signaling server: :data:`StaffToServer`, :data:`ServerToStaff`
 * peer ↔ peer, relayed by the server inside a ``relay`` message: :data:`RelayPayload`
+* booth ↔ staff browser on the WebRTC data channel (never via the server): :data:`PeerData`
 
 :mod:`shared.wire` is the only place that turns JSON into these models and back.
 ``docs/protocol.md`` describes the flow; ``python -m shared.schema`` exports the JSON
@@ -13,7 +14,7 @@ Schema the browser code is checked against.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -463,5 +464,102 @@ ServerToStaff = Annotated[
     | SessionEnded
     | BoothsSnapshot
     | ErrorMessage,
+    Field(discriminator="type"),
+]
+
+
+# --------------------------------------------------------------------------------------
+# Peer data channel (booth ↔ staff browser, peer to peer; never through the server)
+# --------------------------------------------------------------------------------------
+
+# The booth (the offerer) creates one reliable, ordered RTCDataChannel with this label
+# before createOffer; the staff page receives it with ``ondatachannel``. Card data (基本4情報)
+# travels only here, DTLS-encrypted between the two peers. The PIN never leaves the booth
+# and 個人番号 is never read in this flow.
+DATA_CHANNEL_LABEL = "ekichika"
+
+
+class CardReaderState(StrEnum):
+    READY = "ready"  # a reader, no card
+    CARD_PRESENT = "card_present"
+    BUSY = "busy"  # talking to the card
+    OFFLINE = "offline"  # no reader connected, or no PC/SC service
+    ERROR = "error"
+    NONE = "none"  # the booth has no card reader configured
+
+
+class CardReadStage(StrEnum):
+    WAITING_FOR_CARD = "waiting_for_card"
+    WAITING_FOR_PIN = "waiting_for_pin"  # the resident types the PIN on the booth screen
+    READING = "reading"
+
+
+class CardReadFailure(StrEnum):
+    WRONG_PIN = "wrong_pin"  # remaining_tries says how many are left (1 or 2)
+    LOCKED = "locked"  # no tries left: the PIN must be reset at the city office
+    REMOVED = "removed"  # the card left the reader; nothing was read
+    NO_READER = "no_reader"
+    CANCELLED = "cancelled"  # by staff or by the resident
+    ERROR = "error"
+
+
+class CardReadRequest(Model):
+    """Staff → booth: ask the resident for the card's 4 basic facts."""
+
+    type: Literal["card_read_request"] = "card_read_request"
+    request_id: Ident
+
+
+class CardReadCancel(Model):
+    """Staff → booth: stop the read (the kiosk leaves the card screens)."""
+
+    type: Literal["card_read_cancel"] = "card_read_cancel"
+    request_id: Ident | None = None  # None: whatever read is running
+
+
+class CardStatus(Model):
+    """Booth → staff: the card reader now (sent when the channel opens and on changes)."""
+
+    type: Literal["card_status"] = "card_status"
+    reader: CardReaderState
+    card_present: bool
+    remaining_tries: Annotated[int, Field(ge=0, le=15)] | None = None  # when known
+
+
+class CardReadProgress(Model):
+    type: Literal["card_read_progress"] = "card_read_progress"
+    request_id: Ident
+    stage: CardReadStage
+    remaining_tries: Annotated[int, Field(ge=0, le=15)] | None = None  # from waiting_for_pin
+
+
+class CardBasicInfo(Model):
+    """Booth → staff: 基本4情報 as printed on the card. Personal data: shown, never stored."""
+
+    type: Literal["card_basic_info"] = "card_basic_info"
+    request_id: Ident
+    name: Annotated[str, Field(max_length=400)]  # 氏名
+    address: Annotated[str, Field(max_length=1000)]  # 住所 (can exceed 200 bytes)
+    birth_date: date  # 生年月日, ISO 8601 on the wire
+    sex: Literal["male", "female", "other", "unknown"]  # 性別
+
+
+class CardReadFailed(Model):
+    """Booth → staff: the read ended without data (nothing partial is ever sent)."""
+
+    type: Literal["card_read_failed"] = "card_read_failed"
+    request_id: Ident
+    reason: CardReadFailure
+    remaining_tries: Annotated[int, Field(ge=0, le=15)] | None = None
+    message: ShortText = ""  # for staff, in Japanese
+
+
+PeerData = Annotated[
+    CardReadRequest
+    | CardReadCancel
+    | CardStatus
+    | CardReadProgress
+    | CardBasicInfo
+    | CardReadFailed,
     Field(discriminator="type"),
 ]

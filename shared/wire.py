@@ -18,6 +18,7 @@ from shared.kiosk_protocol import AgentToPage, PageToAgent
 from shared.protocol import (
     BoothToServer,
     ErrorCode,
+    PeerData,
     RelayPayload,
     ServerToBooth,
     ServerToStaff,
@@ -36,6 +37,8 @@ relay_payload: Final[TypeAdapter[RelayPayload]] = TypeAdapter(RelayPayload)
 # The booth's local kiosk page ↔ the booth agent (shared.kiosk_protocol).
 kiosk_page_to_agent: Final[TypeAdapter[PageToAgent]] = TypeAdapter(PageToAgent)
 kiosk_agent_to_page: Final[TypeAdapter[AgentToPage]] = TypeAdapter(AgentToPage)
+# Booth ↔ staff browser on the WebRTC data channel (shared.protocol.PeerData).
+peer_data: Final[TypeAdapter[PeerData]] = TypeAdapter(PeerData)
 
 CHANNELS: Final[dict[str, TypeAdapter[Any]]] = {
     "booth_to_server": booth_to_server,
@@ -45,6 +48,7 @@ CHANNELS: Final[dict[str, TypeAdapter[Any]]] = {
     "relay_payload": relay_payload,
     "kiosk_page_to_agent": kiosk_page_to_agent,
     "kiosk_agent_to_page": kiosk_agent_to_page,
+    "peer_data": peer_data,
 }
 
 
