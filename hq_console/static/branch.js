@@ -15,6 +15,27 @@ const BOOTH_STATES = {
   in_call: { ja: "通話中", en: "In a call" },
 };
 
+const DEVICE_KINDS = {
+  card_reader: { ja: "カード読取機", en: "Card reader" },
+  document_camera: { ja: "書画カメラ", en: "Document camera" },
+  receipt_printer: { ja: "レシートプリンター", en: "Receipt printer" },
+  a4_printer: { ja: "A4プリンター", en: "A4 printer" },
+  camera: { ja: "カメラ", en: "Camera" },
+  microphone: { ja: "マイク", en: "Microphone" },
+  speaker: { ja: "スピーカー", en: "Speaker" },
+};
+
+const DEVICE_STATES = {
+  ready: { ja: "正常", en: "Ready" },
+  busy: { ja: "使用中", en: "In use" },
+  card_present: { ja: "カードあり", en: "Card inserted" },
+  paper_out: { ja: "用紙切れ", en: "Paper out" },
+  offline: { ja: "接続なし", en: "Offline" },
+  error: { ja: "エラー", en: "Error" },
+};
+
+const FAILED_DEVICE_STATES = new Set(["paper_out", "offline", "error"]);
+
 const $ = (id) => document.getElementById(id);
 
 const page = { me: null, booths: [], connection: "connecting", lastError: null, client: null };
@@ -65,6 +86,16 @@ function renderBooths() {
     } else if (status.state === "waiting") {
       card.append(el("div", "booth-staff", "本庁舎の職員につないでいます"));
     }
+    const devices = status.devices || [];
+    const failed = devices.filter((d) => FAILED_DEVICE_STATES.has(d.state));
+    if (failed.length > 0) {
+      card.classList.add("devices-failed");
+      const stripe = el("div", "device-alert", `機器の確認が必要です（${failed.length}台）`);
+      stripe.append(el("span", "en", "Device needs attention"));
+      stripe.setAttribute("role", "status");
+      card.prepend(stripe);
+    }
+    if (devices.length > 0) card.append(renderDevices(devices, status.state === "offline"));
     grid.append(card);
   }
   $("booths-empty").hidden = booths.length > 0;
@@ -74,8 +105,48 @@ function renderBooths() {
   tick();
 }
 
+function renderDevices(devices, boothOffline) {
+  const box = el("section", "booth-devices");
+  if (boothOffline) {
+    box.classList.add("last-report");
+    box.append(el("div", "devices-note", "ブースと接続していないため、最後に届いた状態です"));
+  }
+  const list = el("ul", "device-list");
+  for (const device of devices) {
+    const kind = DEVICE_KINDS[device.kind] || { ja: device.kind, en: "" };
+    const state = DEVICE_STATES[device.state] || { ja: device.state, en: "" };
+    const row = el("li", `device dv-${device.state}`);
+    row.dataset.kind = device.kind;
+    row.dataset.state = device.state;
+    row.title = device.name;
+    if (FAILED_DEVICE_STATES.has(device.state)) row.classList.add("failed");
+    row.append(el("span", "device-kind", kind.ja));
+    row.append(el("span", "device-state", state.ja));
+    const since = el("span", "device-since");
+    since.dataset.deviceSince = device.since;
+    row.append(since);
+    if (device.reason) row.append(el("div", "device-reason", device.reason));
+    list.append(row);
+  }
+  box.append(list);
+  return box;
+}
+
+/** "たった今から", "12分前から", "2時間05分前から" */
+function formatDeviceSince(totalSeconds) {
+  const s = Math.max(0, Math.floor(totalSeconds));
+  if (s < 60) return "たった今から";
+  if (s < 3600) return `${Math.floor(s / 60)}分前から`;
+  const h = Math.floor(s / 3600);
+  if (h >= 48) return `${Math.floor(h / 24)}日前から`;
+  return `${h}時間${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}分前から`;
+}
+
 function tick() {
   const now = Date.now();
+  for (const node of document.querySelectorAll(".device-since[data-device-since]")) {
+    node.textContent = formatDeviceSince((now - Date.parse(node.dataset.deviceSince)) / 1000);
+  }
   for (const node of document.querySelectorAll(".booth-since[data-since]")) {
     node.textContent = `${formatDuration((now - Date.parse(node.dataset.since)) / 1000)}前から`;
   }
