@@ -1,4 +1,6 @@
-"""``python -m booth [--config booth.toml]``: the booth agent and its kiosk UI."""
+"""``python -m booth [--config booth.toml]``: the booth agent and its kiosk UI.
+
+Also ``python -m booth doctor``, ``card-read`` and ``print-test`` for installers."""
 
 from __future__ import annotations
 
@@ -57,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
         from booth.devices.print_cli import main as print_test
 
         raise SystemExit(print_test((sys.argv[1:] if argv is None else argv)[1:]))
+    if rest[:1] == ["doctor"]:  # python -m booth doctor [--config FILE] [--json]
+        from booth.doctor import main as doctor
+
+        raise SystemExit(doctor(rest[1:]))
     args = _parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
