@@ -444,3 +444,98 @@ async def test_staff_without_camera_takes_the_call_receive_only(
         sent.validate()
     finally:
         await context.close()
+
+
+async def test_staff_reads_the_card_after_the_resident_types_the_pin_on_the_kiosk(
+    system: System, playwright: Playwright, tmp_path: Path, artifacts: Path
+) -> None:
+    """カード読み取り in the console → the PIN pad on the kiosk page (its own buttons) →
+    the 4 basic facts in the console's card panel, over the data channel only."""
+    booth = system.booth
+    context = await _chromium(playwright, tmp_path / "card-profile", fake_media=True)
+    await context.grant_permissions(
+        ["clipboard-read", "clipboard-write"], origin=system.console_url
+    )
+    try:
+        page = await context.new_page()
+        sent = SentFrames()
+        sent.attach(page)
+        await _sign_in_hq(page, system.console_url)
+        await _start_taking_calls(page)
+        call = await _resident_asks_for_help(booth)
+        await _answer_ringing_offer(page)
+        await eventually(lambda: call.state is CallState.IN_CALL, 15, "the booth in the call")
+
+        kiosk = await context.new_page()
+        kiosk_sent = SentFrames()
+        kiosk_sent.attach(kiosk)
+        await kiosk.goto(system.kiosk_url)
+        await expect(kiosk.locator("body")).to_have_attribute("data-screen", "in_call")
+
+        read = page.get_by_role("button", name="カード読み取り")
+        await expect(read).to_be_enabled(timeout=10_000)
+        await expect(page.locator("#card-reader")).to_have_text("カードリーダー：カードあり")
+        await read.click()
+
+        # The kiosk shows the tries left before any digit is typed.
+        await expect(kiosk.locator("body")).to_have_attribute("data-card", "waiting_for_pin")
+        await expect(kiosk.locator("#pin-tries")).to_have_text("残り 3 回")
+        await expect(kiosk.get_by_text("暗証番号（数字4桁）を入力してください")).to_be_visible()
+        await expect(page.locator("#card-progress")).to_contain_text("残り 3 回")
+        for digit in "12":
+            await kiosk.locator(f'.pin-key[data-digit="{digit}"]').click()
+        await expect(kiosk.locator("#pin-display span.filled")).to_have_count(2)
+        await expect(kiosk.get_by_role("button", name="確定")).to_be_disabled()
+        await kiosk.screenshot(path=str(artifacts / "kiosk-pin-pad.png"))
+        for digit in "34":
+            await kiosk.locator(f'.pin-key[data-digit="{digit}"]').click()
+        assert await kiosk.locator("#pin-display").inner_text() == "●\n●\n●\n●"
+        await kiosk.get_by_role("button", name="確定").click()
+
+        facts = page.locator("#card-facts")
+        await expect(facts).to_be_visible(timeout=10_000)
+        await expect(page.locator("#card-name")).to_have_text("髙橋 𠮷子")
+        await expect(page.locator("#card-address")).to_have_text(
+            "東京都多摩市関戸一丁目１０番地１　駅近ハイツ２０１号"
+        )
+        await expect(page.locator("#card-birth")).to_have_text("1985年4月1日（昭和60年）")
+        await expect(page.locator("#card-sex")).to_have_text("女")
+        await expect(kiosk.locator("body")).to_have_attribute("data-card", "done")
+        await expect(kiosk.get_by_text("カードをお取りください。")).to_be_visible()
+        # One click copies one field.
+        await page.locator(".card-fact").filter(has_text="氏名").get_by_role("button").click()
+        assert await page.evaluate("navigator.clipboard.readText()") == "髙橋 𠮷子"
+        await page.locator(".card-fact").filter(has_text="生年月日").get_by_role("button").click()
+        assert await page.evaluate("navigator.clipboard.readText()") == "1985年4月1日"
+        await page.screenshot(path=str(artifacts / "console-card-panel.png"), full_page=True)
+        # The call's video kept running.
+        first = await _frames_decoded(page)
+        await asyncio.sleep(0.5)
+        assert await _frames_decoded(page) > first
+
+        # What the page sent on the data channel follows the schema (channel peer_data).
+        schema = json.loads((STATIC_DIR / "protocol.schema.json").read_text(encoding="utf-8"))
+        peer = jsonschema.Draft202012Validator(schema["channels"]["peer_data"])
+        peer_sent = await page.evaluate("window.ekichika.peerDataSent")
+        assert [json.loads(f)["type"] for f in peer_sent] == ["card_read_request"]
+        for frame in peer_sent:
+            assert not list(peer.iter_errors(json.loads(frame))), frame
+        kiosk_schema = jsonschema.Draft202012Validator(schema["channels"]["kiosk_page_to_agent"])
+        kiosk_messages = kiosk_sent.messages()
+        assert {"type": "pin_entered", "pin": "1234"} in kiosk_messages
+        for message in kiosk_messages:
+            assert not list(kiosk_schema.iter_errors(message)), message
+        # Neither the facts nor the PIN crossed signaling from the console.
+        sent.validate()
+        for frame in sent.frames:
+            assert "髙橋" not in frame and "関戸" not in frame and '"1234"' not in frame
+
+        # The call ends: the panel is cleared, nothing is kept in the page.
+        await page.get_by_role("button", name="終了").click()
+        await expect(page.locator("#wrapup-panel")).to_be_visible()
+        await expect(page.locator("#card-panel")).to_be_hidden()
+        assert await page.locator("#card-name").inner_text() == ""
+        assert "髙橋" not in await page.content()
+        await kiosk.close()
+    finally:
+        await context.close()

@@ -4,6 +4,11 @@
 // the page answers with all its ICE candidates in the SDP (it waits for gathering to
 // complete, so it never needs to trickle). Messages sent to the signaling server follow
 // protocol.schema.json, channel "staff_to_server".
+//
+// The booth also opens a data channel ("ekichika") in its offer; the page receives it with
+// ondatachannel and uses it for the My Number card read (channel "peer_data" of the schema):
+// the card's 4 basic facts come only this way, peer to peer, never through signaling, and
+// are shown in the card panel until the call ends (nothing is stored).
 
 import {
   ErrorBox,
@@ -46,6 +51,28 @@ const AUDIO_ONLY_NOTICE = "カメラが使えないため、音声のみで通�
 const ICE_GATHERING_LIMIT_MS = 3000;
 const MEDIA_PERMISSION_LIMIT_MS = 20000;
 
+const DATA_CHANNEL_LABEL = "ekichika";
+
+const READER_TEXT = {
+  ready: "カードリーダー：カードなし",
+  card_present: "カードリーダー：カードあり",
+  busy: "カードリーダー：読み取り中",
+  offline: "カードリーダー：接続されていません",
+  error: "カードリーダー：エラー",
+  none: "カードリーダー：なし",
+};
+
+const CARD_STAGE_TEXT = {
+  waiting_for_card: () => "利用者にカードを置いてもらっています…",
+  waiting_for_pin: (tries) =>
+    tries == null
+      ? "利用者が暗証番号を入力しています…"
+      : `利用者が暗証番号を入力しています…（残り ${tries} 回）`,
+  reading: () => "カードを読み取っています…",
+};
+
+const SEX_TEXT = { male: "男", female: "女", other: "その他", unknown: "不明" };
+
 const $ = (id) => document.getElementById(id);
 
 // ---------------------------------------------------------------------------------------
@@ -64,6 +91,8 @@ const page = {
   lastError: null,
   pendingMedia: null, // getUserMedia started at the 応答 click
   client: null,
+  peerDataSent: [], // data channel frames this page sent (requests only, no personal data)
+  cardRequests: 0,
 };
 
 window.ekichika = {
@@ -87,6 +116,13 @@ window.ekichika = {
   },
   get queue() {
     return page.queue;
+  },
+  /** Frames sent on the data channel in this page's life (card requests; for checks). */
+  get peerDataSent() {
+    return page.peerDataSent.slice();
+  },
+  get dataChannel() {
+    return page.session && page.session.channel ? page.session.channel.readyState : null;
   },
   /** Frames decoded so far from the booth's main video (0 when not in a call). */
   async framesDecoded() {
@@ -459,6 +495,7 @@ async function setUpPeer(session) {
   const pc = new RTCPeerConnection({ iceServers: iceServersFor(session.msg.ice_servers) });
   session.pc = pc;
   pc.addEventListener("track", (event) => onRemoteTrack(session, event));
+  pc.addEventListener("datachannel", (event) => onDataChannel(session, event.channel));
   pc.addEventListener("connectionstatechange", () => onConnectionState(session));
 }
 
@@ -485,6 +522,183 @@ function onRemoteTrack(session, event) {
   const video = $("remote-video");
   if (video.srcObject !== session.remoteStream) video.srcObject = session.remoteStream;
   video.play().catch(() => {});
+}
+
+// ---------------------------------------------------------------------------------------
+// The data channel and the My Number card panel
+// ---------------------------------------------------------------------------------------
+
+function onDataChannel(session, channel) {
+  if (channel.label !== DATA_CHANNEL_LABEL || page.session !== session) return;
+  session.channel = channel;
+  const opened = () => {
+    if (page.session === session) $("card-read").disabled = false;
+  };
+  channel.addEventListener("open", opened);
+  channel.addEventListener("close", () => {
+    if (page.session === session) $("card-read").disabled = true;
+  });
+  channel.addEventListener("message", (event) => {
+    if (page.session !== session || typeof event.data !== "string") return;
+    let msg;
+    try {
+      msg = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    onPeerData(session, msg);
+  });
+  if (channel.readyState === "open") opened();
+}
+
+function sendPeer(session, message) {
+  const channel = session.channel;
+  if (!channel || channel.readyState !== "open") {
+    showNotice("ブースとのデータ接続がないため、送信できませんでした。", "warn");
+    return false;
+  }
+  const frame = JSON.stringify(message);
+  channel.send(frame);
+  page.peerDataSent.push(frame);
+  return true;
+}
+
+function requestCardRead() {
+  const session = page.session;
+  if (!session) return;
+  page.cardRequests += 1;
+  const requestId = `card-${Date.now().toString(36)}-${page.cardRequests}`;
+  if (!sendPeer(session, { type: "card_read_request", request_id: requestId })) return;
+  session.cardRequestId = requestId;
+  clearCardFacts();
+  $("card-panel").hidden = false;
+  $("card-panel").dataset.state = "requested";
+  showCardProgress("ブースに読み取りを依頼しました…");
+  $("card-cancel").hidden = false;
+}
+
+function cancelCardRead() {
+  const session = page.session;
+  if (!session || !session.cardRequestId) return;
+  sendPeer(session, { type: "card_read_cancel", request_id: session.cardRequestId });
+}
+
+function showCardProgress(text) {
+  $("card-progress").textContent = text;
+  $("card-progress").hidden = false;
+  $("card-failure").hidden = true;
+}
+
+function clearCardFacts() {
+  for (const id of ["card-name", "card-address", "card-birth", "card-sex"]) {
+    $(id).textContent = "";
+    delete $(id).dataset.value;
+  }
+  $("card-facts").hidden = true;
+  $("card-failure").hidden = true;
+  $("card-failure").textContent = "";
+  $("card-progress").hidden = true;
+  $("card-clear").hidden = true;
+  $("card-cancel").hidden = true;
+  for (const b of document.querySelectorAll("#card-facts button.copy")) {
+    b.textContent = "コピー";
+    b.classList.remove("copied");
+  }
+}
+
+function resetCardPanel() {
+  clearCardFacts();
+  $("card-reader").textContent = "";
+  $("card-read").disabled = true;
+  $("card-panel").hidden = true;
+  delete $("card-panel").dataset.state;
+}
+
+function eraName(date) {
+  const eras = [
+    ["令和", "2019-05-01"],
+    ["平成", "1989-01-08"],
+    ["昭和", "1926-12-25"],
+    ["大正", "1912-07-30"],
+    ["明治", "1868-01-25"],
+  ];
+  for (const [name, start] of eras) {
+    if (date >= start) {
+      const year = Number(date.slice(0, 4)) - Number(start.slice(0, 4)) + 1;
+      return `${name}${year === 1 ? "元" : year}年`;
+    }
+  }
+  return "";
+}
+
+function formatBirthDate(iso) {
+  const [y, m, d] = iso.split("-").map(Number);
+  const era = eraName(iso);
+  return `${y}年${m}月${d}日${era ? `（${era}）` : ""}`;
+}
+
+function onPeerData(session, msg) {
+  const panel = $("card-panel");
+  switch (msg.type) {
+    case "card_status":
+      $("card-reader").textContent = READER_TEXT[msg.reader] || "";
+      break;
+    case "card_read_progress": {
+      if (msg.request_id !== session.cardRequestId) return;
+      const stage = CARD_STAGE_TEXT[msg.stage];
+      panel.dataset.state = msg.stage;
+      showCardProgress(stage ? stage(msg.remaining_tries) : "");
+      break;
+    }
+    case "card_basic_info":
+      if (msg.request_id !== session.cardRequestId) return;
+      panel.dataset.state = "done";
+      $("card-progress").hidden = true;
+      $("card-failure").hidden = true;
+      $("card-name").textContent = msg.name;
+      $("card-address").textContent = msg.address;
+      $("card-birth").textContent = formatBirthDate(msg.birth_date);
+      $("card-birth").dataset.value = formatBirthDate(msg.birth_date).replace(/（.*$/, "");
+      $("card-sex").textContent = SEX_TEXT[msg.sex] || msg.sex;
+      $("card-facts").hidden = false;
+      $("card-cancel").hidden = true;
+      $("card-clear").hidden = false;
+      break;
+    case "card_read_failed": {
+      if (msg.request_id !== session.cardRequestId) return;
+      panel.dataset.state = "failed";
+      $("card-progress").hidden = true;
+      const failure = $("card-failure");
+      let text = msg.message || "カードを読み取れませんでした。";
+      if (msg.reason === "wrong_pin" && msg.remaining_tries != null) {
+        text = `暗証番号が違います（残り ${msg.remaining_tries} 回）。${msg.message.replace(/^暗証番号が違います。/, "")}`;
+      }
+      failure.textContent = text;
+      failure.dataset.reason = msg.reason;
+      failure.hidden = false;
+      $("card-cancel").hidden = true;
+      $("card-clear").hidden = false;
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+async function copyField(button) {
+  const source = $(button.dataset.copy);
+  const value = source.dataset.value ?? source.textContent;
+  try {
+    await navigator.clipboard.writeText(value);
+    button.textContent = "コピーしました";
+    button.classList.add("copied");
+    setTimeout(() => {
+      button.textContent = "コピー";
+      button.classList.remove("copied");
+    }, 2000);
+  } catch {
+    showNotice("コピーできませんでした。ブラウザのクリップボードの許可を確認してください。", "warn");
+  }
 }
 
 function onConnectionState(session) {
@@ -598,6 +812,7 @@ function callError(session, err) {
 }
 
 function showCallPanel(msg) {
+  resetCardPanel();
   $("call-booth").textContent = msg.booth.name;
   $("call-site").textContent = msg.booth.site_name;
   $("call-department").textContent = departmentName(msg.department);
@@ -676,6 +891,9 @@ function endCallMedia() {
   $("remote-video").srcObject = null;
   $("local-video").srcObject = null;
   $("document-video").srcObject = null;
+  if (session.channel) session.channel.close();
+  session.channel = null;
+  resetCardPanel(); // the card's facts are not kept after the call
   $("call-panel").hidden = true;
   delete document.body.dataset.call;
   delete document.body.dataset.media;
@@ -816,6 +1034,12 @@ async function main() {
   $("mute").addEventListener("click", () => toggleTrack("audio"));
   $("camera").addEventListener("click", () => toggleTrack("video"));
   $("wrapup-done").addEventListener("click", finishWrapUp);
+  $("card-read").addEventListener("click", requestCardRead);
+  $("card-cancel").addEventListener("click", cancelCardRead);
+  $("card-clear").addEventListener("click", clearCardFacts);
+  for (const button of document.querySelectorAll("#card-facts button.copy")) {
+    button.addEventListener("click", () => copyField(button));
+  }
   setInterval(tick, 500);
   renderQueue();
 

@@ -32,6 +32,30 @@ const TEXT = {
     ended_title: "ご利用ありがとうございました",
     countdown: (s) => `${s} 秒後に最初の画面に戻ります`,
     to_start: "最初の画面に戻る",
+    card_put_title: "マイナンバーカードを置いてください",
+    card_put_lead: "カードリーダーの上に、顔写真のある面を上にして置いてください。",
+    card_stop: "やめる",
+    pin_title: "暗証番号（数字4桁）を入力してください",
+    pin_tries: (n) => `残り ${n} 回`,
+    pin_last_try: "あと1回間違えると、カードがロックされます。",
+    pin_delete: "削除",
+    pin_confirm: "確定",
+    reading_title: "カードを読み取っています",
+    reading_lead: "カードを動かさないでください。",
+    done_title: "読み取りが終わりました",
+    done_lead: "カードをお取りください。",
+    close: "閉じる",
+    failed_wrong_pin: "暗証番号が違います。",
+    failed_wrong_pin_lead: (n) => `残り ${n} 回です。職員の案内に従ってください。`,
+    failed_locked: "暗証番号がロックされています",
+    failed_locked_lead:
+      "このカードは暗証番号を3回間違えたため使えません。お住まいの市区町村の窓口で暗証番号の再設定が必要です。",
+    failed_removed: "カードが取り外されました。",
+    failed_removed_lead: "もう一度置いてください。職員が読み取りをやり直します。",
+    failed_no_reader: "カードリーダーが使えません",
+    failed_no_reader_lead: "職員にお知らせください。",
+    failed_error: "カードを読み取れませんでした",
+    failed_error_lead: "カードを置き直してください。職員が読み取りをやり直します。",
   },
   en: {
     title: "Remote Counter",
@@ -61,6 +85,31 @@ const TEXT = {
     ended_title: "Thank you for using the remote counter",
     countdown: (s) => `Back to the start in ${s} seconds`,
     to_start: "Back to start",
+    card_put_title: "Please place your My Number card",
+    card_put_lead: "Put the card on the card reader, photo side up.",
+    card_stop: "Stop",
+    pin_title: "Enter your PIN (4 digits)",
+    pin_tries: (n) => (n === 1 ? "1 try left" : `${n} tries left`),
+    pin_last_try: "One more wrong PIN will lock the card.",
+    pin_delete: "Delete",
+    pin_confirm: "OK",
+    reading_title: "Reading the card",
+    reading_lead: "Please do not move the card.",
+    done_title: "The card has been read",
+    done_lead: "Please take your card.",
+    close: "Close",
+    failed_wrong_pin: "The PIN is not correct.",
+    failed_wrong_pin_lead: (n) =>
+      `${n === 1 ? "1 try" : `${n} tries`} left. Please follow the staff member's guidance.`,
+    failed_locked: "The PIN is locked",
+    failed_locked_lead:
+      "The card cannot be used after 3 wrong PINs. Please have the PIN reset at the counter of your city or ward office.",
+    failed_removed: "The card was removed.",
+    failed_removed_lead: "Please place it again. The staff member will read it again.",
+    failed_no_reader: "The card reader is not available",
+    failed_no_reader_lead: "Please tell the staff member.",
+    failed_error: "The card could not be read",
+    failed_error_lead: "Please place the card again. The staff member will read it again.",
   },
 };
 
@@ -85,6 +134,8 @@ const DEPARTMENT_HELP = {
 };
 
 const state = {
+  pin: "", // the digits typed so far: only here, never in a snapshot; cleared after 確定
+  pinAttempt: -1,
   socket: null,
   snapshot: null,
   receivedAt: 0,
@@ -227,8 +278,56 @@ function render(snapshot) {
       $("ended-error").textContent = snapshot.error ?? "";
       break;
   }
+  renderCard(snapshot.screen === "in_call" ? snapshot.card : null);
   setVideo(snapshot.screen === "in_call");
   tick();
+}
+
+// The My Number card read, drawn beside the staff video.
+function renderCard(card) {
+  const stage = card ? card.stage : null;
+  if (stage) document.body.dataset.card = stage;
+  else delete document.body.dataset.card;
+  for (const el of document.querySelectorAll(".card-stage")) {
+    el.classList.toggle("active", el.dataset.stage === stage);
+  }
+  if (stage !== "waiting_for_pin" || card.attempt !== state.pinAttempt) {
+    state.pin = "";
+  }
+  state.pinAttempt = stage === "waiting_for_pin" ? card.attempt : -1;
+  if (stage === "waiting_for_pin") {
+    const tries = card.remaining_tries;
+    $("pin-tries").textContent = tries === null ? "" : text("pin_tries", tries);
+    $("pin-warning").textContent = tries === 1 ? text("pin_last_try") : "";
+    renderPin();
+  } else if (stage === "failed") {
+    const failure = card.failure || "error";
+    const key = TEXT.ja[`failed_${failure}`] ? `failed_${failure}` : "failed_error";
+    $("card-failed-title").textContent = text(key);
+    $("card-failed-lead").textContent = text(`${key}_lead`, card.remaining_tries ?? 0);
+  }
+}
+
+function renderPin() {
+  const cells = $("pin-display").children;
+  for (let i = 0; i < cells.length; i++) {
+    cells[i].textContent = i < state.pin.length ? "●" : "";
+    cells[i].classList.toggle("filled", i < state.pin.length);
+  }
+  $("pin-confirm").disabled = state.pin.length !== 4;
+  $("pin-delete").disabled = state.pin.length === 0;
+}
+
+function pinKey(target) {
+  if (target.dataset.digit !== undefined) {
+    if (state.pin.length < 4) state.pin += target.dataset.digit;
+  } else if (target.id === "pin-delete") {
+    state.pin = state.pin.slice(0, -1);
+  } else if (target.id === "pin-confirm" && state.pin.length === 4) {
+    send({ type: "pin_entered", pin: state.pin });
+    state.pin = "";
+  }
+  renderPin();
 }
 
 // Call timer and the ended-screen countdown run locally between snapshots.
@@ -245,6 +344,11 @@ function tick() {
 }
 
 document.addEventListener("click", (event) => {
+  const key = event.target.closest(".pin-key");
+  if (key) {
+    pinKey(key);
+    return;
+  }
   const target = event.target.closest("[data-action]");
   if (!target) return;
   const message = { type: target.dataset.action };
