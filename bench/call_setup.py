@@ -101,7 +101,9 @@ class KioskDriver:
                 await self.changed.wait()
 
 
-async def _prepare(workdir: Path, params: Params) -> tuple[str, str, dict[str, int]]:
+async def _prepare(
+    workdir: Path, params: Params, devices: dict[str, str] | None = None
+) -> tuple[str, str, dict[str, int]]:
     db_url = f"sqlite+aiosqlite:///{workdir / 'bench.sqlite3'}"
     token_secret = secrets.token_urlsafe(32)
     credential = new_booth_credential()
@@ -124,7 +126,8 @@ async def _prepare(workdir: Path, params: Params) -> tuple[str, str, dict[str, i
         f'kiosk_host = "127.0.0.1"\nkiosk_port = {ports["kiosk"]}\n'
         'ice_host_addresses = ["127.0.0.1"]\nended_screen_s = 0.2\n'
         f"[devices]\nvideo_width = {params.width}\nvideo_height = {params.height}\n"
-        f"video_fps = {params.fps}\n",
+        f"video_fps = {params.fps}\n"
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in (devices or {}).items()),
         encoding="utf-8",
     )
     return db_url, token_secret, ports
