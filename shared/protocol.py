@@ -554,12 +554,64 @@ class CardReadFailed(Model):
     message: ShortText = ""  # for staff, in Japanese
 
 
+# Document camera stills (書画カメラ): full-resolution pictures of a document, sent booth →
+# staff on the same data channel. ``still_offer`` announces one still, then binary frames
+# carry its bytes (STILL_CHUNK_HEADER: the 16 bytes of ``still_id`` in hex, then the
+# 4-byte big-endian offset, then the data), then ``still_done``. Staff check size and
+# SHA-256 before showing it. Nothing of it passes through a server; the still is stored
+# only when the staff member saves it to the case.
+STILL_ID_BYTES = 16
+STILL_CHUNK_HEADER = STILL_ID_BYTES + 4
+StillId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class StillRequest(Model):
+    """Staff → booth: take a full-resolution still with the document camera."""
+
+    type: Literal["still_request"] = "still_request"
+    request_id: Ident
+
+
+class StillOffer(Model):
+    """Booth → staff: a still follows in binary frames (sent for every still taken)."""
+
+    type: Literal["still_offer"] = "still_offer"
+    still_id: StillId
+    request_id: Ident | None = None  # the staff request, None when the resident asked
+    origin: Literal["staff", "resident"]
+    size: Annotated[int, Field(gt=0, le=64 * 1024 * 1024)]  # bytes
+    sha256: Sha256Hex
+    width: Annotated[int, Field(gt=0, le=20000)]
+    height: Annotated[int, Field(gt=0, le=20000)]
+    mime: Literal["image/jpeg"] = "image/jpeg"
+
+
+class StillDone(Model):
+    """Booth → staff: every byte of ``still_id`` has been sent."""
+
+    type: Literal["still_done"] = "still_done"
+    still_id: StillId
+
+
+class StillFailed(Model):
+    """Booth → staff: no still (no document camera, or the camera failed)."""
+
+    type: Literal["still_failed"] = "still_failed"
+    request_id: Ident | None = None
+    message: ShortText = ""  # for staff, in Japanese
+
+
 PeerData = Annotated[
     CardReadRequest
     | CardReadCancel
     | CardStatus
     | CardReadProgress
     | CardBasicInfo
-    | CardReadFailed,
+    | CardReadFailed
+    | StillRequest
+    | StillOffer
+    | StillDone
+    | StillFailed,
     Field(discriminator="type"),
 ]
