@@ -602,6 +602,119 @@ class StillFailed(Model):
     message: ShortText = ""  # for staff, in Japanese
 
 
+# -- printing at the booth (HQ sends the document, the booth's print spool prints it) ---------
+
+# Each data-channel message stays well under both wire.MAX_MESSAGE_BYTES and the 64 KiB
+# SCTP message size every WebRTC stack accepts: an A4 PDF travels in base64 chunks of at
+# most PRINT_CHUNK_BYTES raw bytes.
+PRINT_CHUNK_BYTES = 36 * 1024
+PRINT_MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+_PRINT_MAX_CHUNK_B64 = (PRINT_CHUNK_BYTES + 2) // 3 * 4
+ReceiptAlign = Literal["left", "center", "right"]
+
+
+class ReceiptText(Model):
+    kind: Literal["text"] = "text"
+    text: Annotated[str, Field(max_length=1000)]
+    size: Annotated[int, Field(ge=8, le=128)] = 28  # dots (24 ≈ 3 mm at 203 dpi)
+    bold: bool = False
+    align: ReceiptAlign = "left"
+
+
+class ReceiptQr(Model):
+    kind: Literal["qr"] = "qr"
+    data: Annotated[str, Field(min_length=1, max_length=500)]
+    module: Annotated[int, Field(ge=1, le=16)] = 6
+    align: ReceiptAlign = "center"
+
+
+class ReceiptRule(Model):
+    kind: Literal["rule"] = "rule"
+    thickness: Annotated[int, Field(ge=1, le=32)] = 2
+
+
+class ReceiptSpace(Model):
+    kind: Literal["space"] = "space"
+    dots: Annotated[int, Field(ge=1, le=400)] = 16
+
+
+ReceiptBlock = Annotated[
+    ReceiptText | ReceiptQr | ReceiptRule | ReceiptSpace, Field(discriminator="kind")
+]
+
+
+class ReceiptDocument(Model):
+    """A receipt as blocks laid out top to bottom (``booth.devices.receipt.Receipt``)."""
+
+    title: ShortText = "receipt"
+    blocks: Annotated[list[ReceiptBlock], Field(min_length=1, max_length=64)]
+
+
+class PrintJobState(StrEnum):
+    QUEUED = "queued"  # waiting for the printer (``reason`` says why, when it waits)
+    PRINTING = "printing"
+    PRINTED = "printed"
+    FAILED = "failed"  # may be on paper or not: only a reprint command prints it again
+    CANCELLED = "cancelled"
+
+
+class PrintJobRequest(Model):
+    """Staff → booth: print a document. ``job_id`` is chosen by staff (a UUID): the same id
+    again never prints twice. ``title`` names the job in print queues and logs and never
+    holds personal data. ``receipt``: the receipt itself (target ``receipt``); for ``a4``
+    the PDF follows in ``print_job_chunk`` messages and must match ``size`` and ``sha256``."""
+
+    type: Literal["print_job"] = "print_job"
+    job_id: Ident
+    target: Literal["receipt", "a4"]
+    title: ShortText
+    receipt: ReceiptDocument | None = None
+    size: Annotated[int, Field(ge=1, le=PRINT_MAX_DOCUMENT_BYTES)] | None = None
+    sha256: Sha256Hex | None = None
+
+
+class PrintJobChunk(Model):
+    """Staff → booth: one piece of an A4 job's PDF, in order from ``seq`` 0."""
+
+    type: Literal["print_job_chunk"] = "print_job_chunk"
+    job_id: Ident
+    seq: Annotated[int, Field(ge=0, le=10_000)]
+    data_b64: Annotated[str, Field(max_length=_PRINT_MAX_CHUNK_B64)]
+    last: bool = False
+
+
+class PrintJobCommand(Model):
+    """Staff → booth: reprint a job (it may already be on paper: staff confirm first) or
+    cancel one that has not started printing."""
+
+    type: Literal["print_job_command"] = "print_job_command"
+    job_id: Ident
+    action: Literal["reprint", "cancel"]
+
+
+class PrintJobStatus(Model):
+    """Booth → staff: a job of this session changed state (also sent for each of the
+    session's jobs when the data channel opens, and in answer to a repeated request)."""
+
+    type: Literal["print_job_status"] = "print_job_status"
+    job_id: Ident
+    state: PrintJobState
+    reason: ShortText | None = None
+    attempts: Annotated[int, Field(ge=0)] = 0
+    reprints: Annotated[int, Field(ge=0)] = 0
+    updated_at: datetime
+
+
+class PrintJobRejected(Model):
+    """Booth → staff: a request or command could not be carried out (the document did not
+    arrive whole, the booth has no such printer, a job being printed cannot be cancelled…);
+    the job's state, if it has one, is unchanged."""
+
+    type: Literal["print_job_rejected"] = "print_job_rejected"
+    job_id: Ident
+    reason: ShortText
+
+
 PeerData = Annotated[
     CardReadRequest
     | CardReadCancel
@@ -612,6 +725,11 @@ PeerData = Annotated[
     | StillRequest
     | StillOffer
     | StillDone
-    | StillFailed,
+    | StillFailed
+    | PrintJobRequest
+    | PrintJobChunk
+    | PrintJobCommand
+    | PrintJobStatus
+    | PrintJobRejected,
     Field(discriminator="type"),
 ]
