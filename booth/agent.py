@@ -22,6 +22,7 @@ from booth.device_report import DeviceStatusReporter
 from booth.devices.hub import BoothDevices
 from booth.ice import restrict_host_addresses
 from booth.media import BoothMedia, FrameBuffer, open_media
+from booth.print_jobs import PRINT_MESSAGES, PrintJobFlow
 from booth.signaling_client import BoothSignalingClient
 from shared.config import BoothConfig, DeviceConfig
 from shared.kiosk_protocol import (
@@ -46,6 +47,7 @@ from shared.protocol import (
     CancelRequest,
     ErrorMessage,
     HangUp,
+    Model,
     QueueStatus,
     Relay,
     RequestClosed,
@@ -90,6 +92,8 @@ class BoothAgent:
         self._lock = asyncio.Lock()
         # The My Number card read staff ask for during a call (booth/card_read.py).
         self.card_read = CardReadFlow(lambda: self.devices.card, on_change=self._publish)
+        # Print jobs HQ sends during a call, into the print spool (booth/print_jobs.py).
+        self.printing = PrintJobFlow(lambda: self.devices.spool)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -133,6 +137,7 @@ class BoothAgent:
         if self._ended_timer is not None:
             self._ended_timer.cancel()
         await self.card_read.aclose()
+        await self.printing.aclose()
         if self.call is not None:
             await self.call.aclose()
         if self.device_reporter is not None:
@@ -282,15 +287,26 @@ class BoothAgent:
         )
         self.call = call
         self.calls.append(call)
-        call.on_peer_data = self.card_read.on_peer_data
-        call.on_channel_open = self.card_read.channel_open
+        call.on_peer_data = self._on_peer_data
+        call.on_channel_open = self._on_channel_open
         self.card_read.attach(call)
+        self.printing.attach(call)
         self.phase = VisitPhase.CALL
         self.keep_waiting = False
         self.error = None
         self.staff_video.clear()
         self.self_video.clear()
         await call.request()
+
+    async def _on_peer_data(self, message: Model) -> None:
+        if isinstance(message, PRINT_MESSAGES):
+            await self.printing.on_peer_data(message)
+        else:
+            await self.card_read.on_peer_data(message)
+
+    def _on_channel_open(self) -> None:
+        self.card_read.channel_open()
+        self.printing.channel_open()
 
     def _go_to_start(self) -> None:
         if self._ended_timer is not None:
@@ -310,6 +326,7 @@ class BoothAgent:
             return
         if call.finished:
             self.card_read.detach()  # nothing of the read outlives the call
+            self.printing.detach()  # the spool keeps the call's jobs and their states
         if call.finished and self.phase is VisitPhase.CALL:
             if call.closed_reason == "cancelled" and call.started is None:
                 pass  # cancelled by the resident: _go_to_start follows
