@@ -12,7 +12,9 @@ can show what the server saw. Used by the end-to-end tests and by ``bench/call_s
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from shared import wire
 from shared.errors import ProtocolError
 from shared.protocol import (
     DATA_CHANNEL_LABEL,
+    PRINT_CHUNK_BYTES,
     AcceptOffer,
     CallStarted,
     CardBasicInfo,
@@ -44,6 +47,12 @@ from shared.protocol import (
     Model,
     Offer,
     OfferWithdrawn,
+    PrintJobChunk,
+    PrintJobCommand,
+    PrintJobRejected,
+    PrintJobRequest,
+    PrintJobStatus,
+    ReceiptDocument,
     Relay,
     SdpPayload,
     ServerToStaff,
@@ -85,6 +94,7 @@ class CallRecord:
     channel_open: asyncio.Event = field(default_factory=asyncio.Event)
     peer_data: list[Model] = field(default_factory=list)
     peer_inbox: asyncio.Queue[Model] = field(default_factory=asyncio.Queue)
+    peer_data_arrived: asyncio.Event = field(default_factory=asyncio.Event)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     first_frame: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -188,6 +198,90 @@ class AutoStaff:
                     and message.request_id == request_id
                 ):
                     return message
+
+    # ---------------------------------------------------------------- printing
+
+    async def print_receipt(
+        self, session_id: str, job_id: str, receipt: ReceiptDocument, title: str = "receipt"
+    ) -> None:
+        """Ask the booth to print ``receipt`` (waits for the data channel)."""
+        await self._channel_open(session_id)
+        self.send_peer_data(
+            session_id,
+            PrintJobRequest(job_id=job_id, target="receipt", title=title, receipt=receipt),
+        )
+
+    async def print_pdf(
+        self,
+        session_id: str,
+        job_id: str,
+        pdf: bytes,
+        title: str = "document",
+        *,
+        chunk_bytes: int = PRINT_CHUNK_BYTES,
+        corrupt: bool = False,
+    ) -> None:
+        """Ask the booth to print ``pdf`` on its A4 printer: the request with the size and
+        SHA-256, then the document in base64 pieces of ``chunk_bytes``. ``corrupt`` changes
+        one byte of the last piece after the SHA-256 was taken (to test the booth's check)."""
+        await self._channel_open(session_id)
+        digest = hashlib.sha256(pdf).hexdigest()
+        self.send_peer_data(
+            session_id,
+            PrintJobRequest(job_id=job_id, target="a4", title=title, size=len(pdf), sha256=digest),
+        )
+        pieces = [pdf[i : i + chunk_bytes] for i in range(0, len(pdf), chunk_bytes)]
+        if corrupt:
+            pieces[-1] = pieces[-1][:-1] + bytes([pieces[-1][-1] ^ 0xFF])
+        for seq, piece in enumerate(pieces):
+            chunk = PrintJobChunk(
+                job_id=job_id,
+                seq=seq,
+                data_b64=base64.b64encode(piece).decode(),
+                last=seq == len(pieces) - 1,
+            )
+            self.send_peer_data(session_id, chunk)
+
+    def print_command(self, session_id: str, job_id: str, action: str) -> None:
+        """``reprint`` or ``cancel`` a job of this call."""
+        assert action in ("reprint", "cancel")
+        self.send_peer_data(
+            session_id,
+            PrintJobCommand(job_id=job_id, action="reprint" if action == "reprint" else "cancel"),
+        )
+
+    def print_updates(
+        self, session_id: str, job_id: str
+    ) -> list[PrintJobStatus | PrintJobRejected]:
+        """Every status and rejection of ``job_id`` received so far, in order."""
+        return [
+            m
+            for m in self.calls[session_id].peer_data
+            if isinstance(m, PrintJobStatus | PrintJobRejected) and m.job_id == job_id
+        ]
+
+    async def print_status(
+        self,
+        session_id: str,
+        job_id: str,
+        *states: str,
+        after: int = 0,
+        timeout_s: float = 15,
+    ) -> PrintJobStatus | PrintJobRejected:
+        """Wait for a status of ``job_id`` in ``states`` (or a rejection), looking at its
+        updates from number ``after`` on."""
+        record = self.calls[session_id]
+        async with asyncio.timeout(timeout_s):
+            while True:
+                record.peer_data_arrived.clear()
+                for update in self.print_updates(session_id, job_id)[after:]:
+                    if isinstance(update, PrintJobRejected) or update.state.value in states:
+                        return update
+                await record.peer_data_arrived.wait()
+
+    async def _channel_open(self, session_id: str) -> None:
+        async with asyncio.timeout(10):
+            await self.calls[session_id].channel_open.wait()
 
     async def set_available(self) -> None:
         """Become available (with requests waiting, an offer may ring at once)."""
@@ -324,6 +418,7 @@ class AutoStaff:
                     return
                 record.peer_data.append(message)
                 record.peer_inbox.put_nowait(message)
+                record.peer_data_arrived.set()
 
             if channel.readyState == "open":
                 record.channel_open.set()
