@@ -8,15 +8,18 @@ Routes
   GET  /branch                 branch staff page
   GET  /api/me                 the signed-in staff member and the signaling URL
   POST /api/signaling-token    a short-lived staff token for one signaling connection
+  GET  /api/documents/test-a4.pdf  the 2-page A4 test document staff can print at a booth
   GET  /healthz                liveness and database check
   GET  /static/...             page assets and the protocol JSON Schema
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
@@ -35,6 +38,7 @@ from hq_console.auth import (
     revoke_session,
 )
 from shared.config import ConsoleConfig
+from shared.documents import a4_test_document
 from shared.protocol import StaffRole
 from shared.security import issue_staff_token
 from shared.store.db import create_engine, migrate, session_factory
@@ -281,6 +285,18 @@ async def api_signaling_token(request: web.Request) -> web.StreamResponse:
     return web.json_response({"token": token, "expires_at": now + config.token_ttl_s})
 
 
+async def api_test_a4_document(request: web.Request) -> web.StreamResponse:
+    """The A4 test document (2 pages, no personal data), rendered now for printing."""
+    await _api_staff(request)
+    printed_at = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M")
+    pdf = await asyncio.to_thread(a4_test_document, printed_at)
+    return web.Response(
+        body=pdf,
+        content_type="application/pdf",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 async def healthz(request: web.Request) -> web.StreamResponse:
     try:
         async with request.app[ENGINE].connect() as conn:
@@ -327,6 +343,7 @@ def create_app(config: ConsoleConfig, *, throttle: LoginThrottle | None = None) 
     app.router.add_get("/branch", _page("branch.html", BRANCH_ROLES))
     app.router.add_get("/api/me", api_me)
     app.router.add_post("/api/signaling-token", api_signaling_token)
+    app.router.add_get("/api/documents/test-a4.pdf", api_test_a4_document)
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
     return app

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from playwright.async_api import BrowserContext, Page, Playwright, async_playwri
 
 from booth.agent import BoothAgent
 from booth.call import CallState, RemoteCounterCall
+from booth.devices.printing import SimulatedA4Printer, SimulatedReceiptPrinter
 from booth.kiosk import create_kiosk_app
 from hq_console.app import STATIC_DIR, create_app
 from shared.config import BoothConfig, ConsoleConfig, DeviceConfig
@@ -537,5 +540,105 @@ async def test_staff_reads_the_card_after_the_resident_types_the_pin_on_the_kios
         assert await page.locator("#card-name").inner_text() == ""
         assert "髙橋" not in await page.content()
         await kiosk.close()
+    finally:
+        await context.close()
+
+
+async def test_staff_print_a_receipt_and_an_a4_document_at_the_booth(
+    system: System, playwright: Playwright, tmp_path: Path, artifacts: Path
+) -> None:
+    """受付票を印刷 and A4 テスト文書を印刷 in the console's print panel → the booth's
+    spool prints them (simulated printers) → the job list shows 印刷済み; 再印刷 asks
+    first and prints again."""
+    booth = system.booth
+    receipt_owner, a4_owner = booth.devices.receipt, booth.devices.a4
+    assert receipt_owner is not None and a4_owner is not None
+    receipt_printer, a4_printer = receipt_owner.driver, a4_owner.driver
+    assert isinstance(receipt_printer, SimulatedReceiptPrinter)
+    assert isinstance(a4_printer, SimulatedA4Printer)
+    context = await _chromium(playwright, tmp_path / "print-profile", fake_media=True)
+    try:
+        page = await context.new_page()
+        await _sign_in_hq(page, system.console_url)
+        await _start_taking_calls(page)
+        call = await _resident_asks_for_help(booth)
+        await _answer_ringing_offer(page)
+        await eventually(lambda: call.state is CallState.IN_CALL, 15, "the booth in the call")
+
+        print_receipt = page.get_by_role("button", name="受付票を印刷")
+        await expect(print_receipt).to_be_enabled(timeout=10_000)
+        await expect(page.locator("#print-empty")).to_be_visible()
+        await print_receipt.click()
+        rows = page.locator("#print-jobs-body tr")
+        await expect(rows).to_have_count(1)
+        await expect(rows.nth(0).locator(".print-state")).to_have_text("印刷済み", timeout=10_000)
+        await eventually(lambda: len(receipt_printer.printed) == 1, 5, "the receipt printed")
+        # What the booth printed is the receipt the page built: ink in the QR code area and
+        # the session id in the job's owner.
+        printed = receipt_printer.printed[0]
+        assert printed.image.height > 400
+        record = await booth.devices.spool.job(printed.job_id)  # type: ignore[union-attr]
+        assert record is not None and record.owner == call.session_id
+        assert record.title == "受付票"
+
+        await page.get_by_role("button", name="A4 テスト文書を印刷").click()
+        await expect(rows).to_have_count(2)
+        await expect(rows.nth(1).locator(".print-state")).to_have_text("印刷済み", timeout=10_000)
+        assert len(a4_printer.printed) == 1
+        pdf = tmp_path / "a4.pdf"
+        pdf.write_bytes(a4_printer.printed[0][1])
+        info = await asyncio.to_thread(
+            subprocess.run, ["pdfinfo", str(pdf)], capture_output=True, text=True, check=True
+        )
+        assert re.search(r"^Pages:\s+2$", info.stdout, re.M), info.stdout
+        assert "(A4)" in info.stdout
+
+        # 再印刷 asks for confirmation first: dismissed, nothing is printed again.
+        dialogs: list[str] = []
+
+        async def answer(dialog: Any, accept: bool) -> None:
+            dialogs.append(dialog.message)
+            await (dialog.accept() if accept else dialog.dismiss())
+
+        page.once("dialog", lambda d: asyncio.ensure_future(answer(d, False)))
+        await rows.nth(0).get_by_role("button", name="再印刷").click()
+        await eventually(lambda: len(dialogs) == 1, 5, "the confirmation")
+        assert dialogs[0] == "既に印刷されている可能性があります。再印刷しますか？"
+        await asyncio.sleep(0.5)
+        assert len(receipt_printer.printed) == 1
+        page.once("dialog", lambda d: asyncio.ensure_future(answer(d, True)))
+        await rows.nth(0).get_by_role("button", name="再印刷").click()
+        await expect(rows.nth(0).locator(".print-state")).to_have_text(
+            "印刷済み（再印刷 1 回）", timeout=10_000
+        )
+        assert len(receipt_printer.printed) == 2
+        await page.locator("#print-panel").scroll_into_view_if_needed()
+        await page.screenshot(path=str(artifacts / "console-print-panel.png"), full_page=True)
+
+        # What the page sent on the data channel follows the schema (channel peer_data).
+        schema = json.loads((STATIC_DIR / "protocol.schema.json").read_text(encoding="utf-8"))
+        peer = jsonschema.Draft202012Validator(schema["channels"]["peer_data"])
+        peer_sent = [json.loads(f) for f in await page.evaluate("window.ekichika.peerDataSent")]
+        assert [m["type"] for m in peer_sent] == [
+            "print_job",
+            "print_job",
+            "print_job_chunk",
+            "print_job_command",
+        ]
+        for message in peer_sent:
+            assert not list(peer.iter_errors(message)), str(message)[:200]
+        receipt_job = peer_sent[0]
+        texts = [b.get("text") for b in receipt_job["receipt"]["blocks"]]
+        assert "本日はご利用ありがとうございました" in texts
+        assert f"ekichika:session:{call.session_id}" in [
+            b.get("data") for b in receipt_job["receipt"]["blocks"]
+        ]
+
+        # The call ends: the jobs stay listed with the last state seen, buttons disabled.
+        await page.get_by_role("button", name="終了").click()
+        await expect(page.locator("#wrapup-panel")).to_be_visible()
+        await expect(page.locator("#print-panel")).to_be_visible()
+        await expect(rows.nth(1).locator(".print-state")).to_have_text("印刷済み")
+        await expect(page.get_by_role("button", name="受付票を印刷")).to_be_disabled()
     finally:
         await context.close()

@@ -124,6 +124,13 @@ window.ekichika = {
   get dataChannel() {
     return page.session && page.session.channel ? page.session.channel.readyState : null;
   },
+  /** Send one PeerData frame in the current call (the print panel uses it). */
+  sendPeerData(message) {
+    return page.session ? sendPeer(page.session, message) : false;
+  },
+  get peerBufferedAmount() {
+    return page.session && page.session.channel ? page.session.channel.bufferedAmount : 0;
+  },
   /** Frames decoded so far from the booth's main video (0 when not in a call). */
   async framesDecoded() {
     const pc = page.session && page.session.pc;
@@ -533,10 +540,12 @@ function onDataChannel(session, channel) {
   session.channel = channel;
   const opened = () => {
     if (page.session === session) $("card-read").disabled = false;
+    announce("ekichika:channel", { sessionId: session.id, open: true });
   };
   channel.addEventListener("open", opened);
   channel.addEventListener("close", () => {
     if (page.session === session) $("card-read").disabled = true;
+    announce("ekichika:channel", { sessionId: session.id, open: false });
   });
   channel.addEventListener("message", (event) => {
     if (page.session !== session || typeof event.data !== "string") return;
@@ -637,7 +646,13 @@ function formatBirthDate(iso) {
   return `${y}年${m}月${d}日${era ? `（${era}）` : ""}`;
 }
 
+// Other panels (print-panel.js) follow the call through these events on document.
+function announce(name, detail) {
+  document.dispatchEvent(new CustomEvent(name, { detail }));
+}
+
 function onPeerData(session, msg) {
+  announce("ekichika:peer-data", { sessionId: session.id, msg });
   const panel = $("card-panel");
   switch (msg.type) {
     case "card_status":
@@ -826,6 +841,12 @@ function showCallPanel(msg) {
   $("document-video").hidden = true;
   $("call-panel").hidden = false;
   document.body.dataset.call = "new";
+  announce("ekichika:call", {
+    sessionId: msg.session_id,
+    booth: msg.booth.name,
+    site: msg.booth.site_name,
+    department: departmentName(msg.department),
+  });
 }
 
 function renderLocalMedia(session) {
@@ -894,6 +915,7 @@ function endCallMedia() {
   if (session.channel) session.channel.close();
   session.channel = null;
   resetCardPanel(); // the card's facts are not kept after the call
+  announce("ekichika:call-ended", { sessionId: session.id });
   $("call-panel").hidden = true;
   delete document.body.dataset.call;
   delete document.body.dataset.media;
