@@ -146,9 +146,17 @@ async def _until_pin_pad(booth: Booth, staff: AutoStaff, record: CallRecord, tri
     await eventually(lambda: booth.card_stage() is KioskCardStage.WAITING_FOR_PIN, 5, "the PIN pad")
     card = booth.agent.screen().card
     assert card is not None and card.remaining_tries == tries
-    progress = [m for m in record.peer_data if isinstance(m, CardReadProgress)]
-    assert progress[-1].stage is CardReadStage.WAITING_FOR_PIN
-    assert progress[-1].remaining_tries == tries
+
+    def progress() -> list[CardReadProgress]:
+        return [m for m in record.peer_data if isinstance(m, CardReadProgress)]
+
+    # the same news reaches staff over the data channel, a moment later
+    await eventually(
+        lambda: bool(progress()) and progress()[-1].stage is CardReadStage.WAITING_FOR_PIN,
+        5,
+        "the PIN pad reported to staff",
+    )
+    assert progress()[-1].remaining_tries == tries
 
 
 def _results(record: CallRecord) -> list[CardBasicInfo | CardReadFailed]:
