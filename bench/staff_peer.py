@@ -35,6 +35,8 @@ from shared.errors import ProtocolError
 from shared.protocol import (
     DATA_CHANNEL_LABEL,
     PRINT_CHUNK_BYTES,
+    STILL_CHUNK_HEADER,
+    STILL_ID_BYTES,
     AcceptOffer,
     CallStarted,
     CardBasicInfo,
@@ -62,6 +64,9 @@ from shared.protocol import (
     StaffStateChanged,
     StaffToServer,
     StaffWelcome,
+    StillDone,
+    StillOffer,
+    StillRequest,
     WrapUpDone,
 )
 
@@ -69,6 +74,57 @@ log = logging.getLogger(__name__)
 
 STAFF_TONE_HZ = 660.0
 BOOTH_TONE_HZ = 1000.0
+
+
+@dataclass
+class ReceivedStill:
+    """One document still as the staff side assembled it; ``ok`` only when every byte
+    arrived and the SHA-256 matches the offer (else ``rejected`` says why)."""
+
+    offer: StillOffer
+    data: bytes
+    ok: bool
+    rejected: str | None
+    offer_at: float
+    done_at: float
+
+
+class StillAssembly:
+    """Puts the binary frames of the announced stills together, as the console does."""
+
+    def __init__(self) -> None:
+        self._open: dict[bytes, tuple[StillOffer, bytearray, float, list[str]]] = {}
+
+    def offer(self, offer: StillOffer) -> None:
+        key = bytes.fromhex(offer.still_id)
+        self._open[key] = (offer, bytearray(), time.monotonic(), [])
+
+    def chunk(self, frame: bytes) -> None:
+        key = frame[:STILL_ID_BYTES]
+        entry = self._open.get(key)
+        if entry is None:
+            return
+        _, buffer, _, problems = entry
+        offset = int.from_bytes(frame[STILL_ID_BYTES:STILL_CHUNK_HEADER], "big")
+        if offset != len(buffer):
+            problems.append(f"chunk at {offset}, expected {len(buffer)}")
+        buffer += frame[STILL_CHUNK_HEADER:]
+
+    def done(self, done: StillDone) -> ReceivedStill | None:
+        entry = self._open.pop(bytes.fromhex(done.still_id), None)
+        if entry is None:
+            return None
+        offer, buffer, offer_at, problems = entry
+        data = bytes(buffer)
+        if problems:
+            rejected: str | None = problems[0]
+        elif len(data) != offer.size:
+            rejected = f"{len(data)} bytes, announced {offer.size}"
+        elif hashlib.sha256(data).hexdigest() != offer.sha256:
+            rejected = "SHA-256 does not match"
+        else:
+            rejected = None
+        return ReceivedStill(offer, data, rejected is None, rejected, offer_at, time.monotonic())
 
 
 @dataclass
@@ -98,6 +154,12 @@ class CallRecord:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     first_frame: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    # the booth's second video (the document camera) and the stills that came on the channel
+    document_frames: int = 0
+    document_stamps: list[int] = field(default_factory=list)
+    document_first_frame: asyncio.Event = field(default_factory=asyncio.Event)
+    still_assembly: StillAssembly = field(default_factory=StillAssembly)
+    stills: asyncio.Queue[ReceivedStill] = field(default_factory=asyncio.Queue)
 
     def booth_tone_level(self) -> float:
         """Relative level of the booth's 1 kHz tone in the audio received (0 … 1)."""
@@ -283,6 +345,18 @@ class AutoStaff:
         async with asyncio.timeout(10):
             await self.calls[session_id].channel_open.wait()
 
+    async def request_still(self, session_id: str, request_id: str) -> None:
+        """Ask the booth for a document camera still (waits for the data channel)."""
+        record = self.calls[session_id]
+        async with asyncio.timeout(10):
+            await record.channel_open.wait()
+        self.send_peer_data(session_id, StillRequest(request_id=request_id))
+
+    async def next_still(self, session_id: str, timeout_s: float = 30) -> ReceivedStill:
+        """The next still the booth finished sending (complete and checked, or rejected)."""
+        async with asyncio.timeout(timeout_s):
+            return await self.calls[session_id].stills.get()
+
     async def set_available(self) -> None:
         """Become available (with requests waiting, an offer may ring at once)."""
         await self.send(SetState(state="available"))
@@ -399,6 +473,9 @@ class AutoStaff:
 
         @pc.on("track")
         def _track(track: MediaStreamTrack) -> None:
+            if self._is_document_track(pc, track):
+                self._spawn(self._consume_document(track, record))
+                return
             self._spawn(self._consume(track, record))
 
         @pc.on("datachannel")
@@ -410,6 +487,7 @@ class AutoStaff:
             @channel.on("message")
             def _message(data: str | bytes) -> None:
                 if not isinstance(data, str):
+                    record.still_assembly.chunk(data)
                     return
                 try:
                     message = wire.decode(wire.peer_data, data)
@@ -418,6 +496,7 @@ class AutoStaff:
                     return
                 record.peer_data.append(message)
                 record.peer_inbox.put_nowait(message)
+                self._still_message(record, message)
                 record.peer_data_arrived.set()
 
             if channel.readyState == "open":
@@ -479,3 +558,33 @@ class AutoStaff:
                     record.audio_samples.append(samples.astype(np.float32))
                     if len(record.audio_samples) > 200:
                         del record.audio_samples[:100]
+
+    # ---------------------------------------------------------------- document camera
+
+    @staticmethod
+    def _is_document_track(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:
+        """The booth's second video track is its document camera."""
+        if track.kind != "video":
+            return False
+        videos = [t for t in pc.getTransceivers() if t.kind == "video"]
+        return any(t.receiver.track is track for t in videos[1:])
+
+    @staticmethod
+    def _still_message(record: CallRecord, message: Model) -> None:
+        if isinstance(message, StillOffer):
+            record.still_assembly.offer(message)
+        elif isinstance(message, StillDone):
+            still = record.still_assembly.done(message)
+            if still is not None:
+                record.stills.put_nowait(still)
+
+    async def _consume_document(self, track: MediaStreamTrack, record: CallRecord) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                stamp = read_stamp(frame)
+                if stamp is None:
+                    continue
+                record.document_frames += 1
+                record.document_stamps.append(stamp.frame_no)
+                record.document_first_frame.set()

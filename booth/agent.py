@@ -20,11 +20,14 @@ from booth.call import MEDIA_STATES, WAITING_STATES, CallState, RemoteCounterCal
 from booth.card_read import CardReadFlow
 from booth.device_report import DeviceStatusReporter
 from booth.devices.hub import BoothDevices
+from booth.document_camera import DocumentCamera, open_document_camera
+from booth.document_still import DocumentStillFlow
 from booth.ice import restrict_host_addresses
 from booth.media import BoothMedia, FrameBuffer, open_media
 from booth.print_jobs import PRINT_MESSAGES, PrintJobFlow
 from booth.signaling_client import BoothSignalingClient
 from shared.config import BoothConfig, DeviceConfig
+from shared.errors import DeviceError
 from shared.kiosk_protocol import (
     BackToStartTouched,
     CancelTouched,
@@ -40,6 +43,7 @@ from shared.kiosk_protocol import (
     PinEntered,
     RequestHelpTouched,
     ScreenState,
+    StillTouched,
 )
 from shared.protocol import (
     BoothWelcome,
@@ -53,6 +57,7 @@ from shared.protocol import (
     RequestClosed,
     ServerToBooth,
     SessionEnded,
+    StillRequest,
 )
 
 logger = logging.getLogger(__name__)
@@ -92,6 +97,9 @@ class BoothAgent:
         self._lock = asyncio.Lock()
         # The My Number card read staff ask for during a call (booth/card_read.py).
         self.card_read = CardReadFlow(lambda: self.devices.card, on_change=self._publish)
+        # The document camera (書画カメラ): the call's second video and its stills.
+        self.document_camera: DocumentCamera | None = None  # opened by start()
+        self.stills = DocumentStillFlow(lambda: self.document_camera, on_change=self._publish)
         # Print jobs HQ sends during a call, into the print spool (booth/print_jobs.py).
         self.printing = PrintJobFlow(lambda: self.devices.spool)
 
@@ -109,6 +117,11 @@ class BoothAgent:
             self.media = open_media(self.config.devices, caption=caption)
         for line in self.media.describe():
             logger.info("booth %s: %s", self.config.booth_id, line)
+        try:
+            self.document_camera = open_document_camera(self.config.devices)
+            logger.info("booth %s: %s", self.config.booth_id, self.document_camera.description)
+        except DeviceError as err:
+            logger.warning("booth %s: no document camera: %s", self.config.booth_id, err)
         await self.devices.start()
         for status in self.devices.statuses():
             logger.info(
@@ -137,6 +150,7 @@ class BoothAgent:
         if self._ended_timer is not None:
             self._ended_timer.cancel()
         await self.card_read.aclose()
+        await self.stills.aclose()
         await self.printing.aclose()
         if self.call is not None:
             await self.call.aclose()
@@ -146,6 +160,8 @@ class BoothAgent:
         await self.devices.aclose()
         if self.media is not None:
             await self.media.aclose()
+        if self.document_camera is not None:
+            await self.document_camera.aclose()
         self._listeners.clear()
 
     # ---------------------------------------------------------------- the screen
@@ -197,6 +213,7 @@ class BoothAgent:
                 KioskScreen.IN_CALL if call.state is CallState.IN_CALL else KioskScreen.CONNECTING
             )
             fields["card"] = self.card_read.prompt()
+            fields["still_busy"] = self.stills.busy
         elif not connected:
             screen = KioskScreen.CONNECTION_LOST
             fields["request_kept"] = (
@@ -259,6 +276,9 @@ class BoothAgent:
                 self.card_read.resident_cancel()
             case CardDismissTouched():
                 self.card_read.dismiss()
+            case StillTouched():
+                if call is not None and call.state is CallState.IN_CALL:
+                    self.stills.resident_request()
             case BackToStartTouched():
                 if call is not None and call.state in WAITING_STATES:
                     await call.cancel()
@@ -284,12 +304,14 @@ class BoothAgent:
             self_video=self.self_video,
             connect_timeout_s=self.config.call_connect_timeout_s,
             on_change=self._on_call_change,
+            document_camera=self.document_camera,
         )
         self.call = call
         self.calls.append(call)
         call.on_peer_data = self._on_peer_data
         call.on_channel_open = self._on_channel_open
         self.card_read.attach(call)
+        self.stills.attach(call)
         self.printing.attach(call)
         self.phase = VisitPhase.CALL
         self.keep_waiting = False
@@ -301,6 +323,8 @@ class BoothAgent:
     async def _on_peer_data(self, message: Model) -> None:
         if isinstance(message, PRINT_MESSAGES):
             await self.printing.on_peer_data(message)
+        elif isinstance(message, StillRequest):
+            await self.stills.on_peer_data(message)
         else:
             await self.card_read.on_peer_data(message)
 
@@ -326,6 +350,7 @@ class BoothAgent:
             return
         if call.finished:
             self.card_read.detach()  # nothing of the read outlives the call
+            self.stills.detach()
             self.printing.detach()  # the spool keeps the call's jobs and their states
         if call.finished and self.phase is VisitPhase.CALL:
             if call.closed_reason == "cancelled" and call.started is None:

@@ -10,7 +10,8 @@ An explicit state machine::
 The booth is the WebRTC offerer: on ``call_started`` it creates an RTCPeerConnection with
 the ICE servers the server sent (never aiortc's default STUN), adds the camera and the
 microphone, and relays its offer; the staff peer's answer and trickled candidates come back
-as relays. Staff video goes to a :class:`~booth.media.FrameBuffer` that the kiosk screen
+as relays (the document camera, when the booth has one, is the offer's second video
+track). Staff video goes to a :class:`~booth.media.FrameBuffer` that the kiosk screen
 shows; staff audio goes to the speaker.
 
 Before the offer the booth also creates the call's data channel (``ekichika``: reliable,
@@ -34,6 +35,8 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 from av import VideoFrame
 
+from booth.document_camera import DocumentCamera
+from booth.document_still import drain_channel
 from booth.ice import rtc_configuration
 from booth.media import BoothMedia, FrameBuffer, SelfViewTrack, Stamp
 from shared import wire
@@ -121,6 +124,7 @@ class RemoteCounterCall:
         self_video: FrameBuffer,
         connect_timeout_s: float,
         on_change: Callable[[RemoteCounterCall], None] | None = None,
+        document_camera: DocumentCamera | None = None,
     ) -> None:
         self.request_id = request_id
         self.department = department
@@ -131,6 +135,7 @@ class RemoteCounterCall:
         self.self_video = self_video
         self._connect_timeout_s = connect_timeout_s
         self._on_change = on_change
+        self._document_camera = document_camera
         self.state = CallState.IDLE
         self.transitions: list[CallTransition] = []
         self.queue: QueueStatus | None = None
@@ -288,6 +293,11 @@ class RemoteCounterCall:
             self._local_tracks = [video, audio]
             pc.addTrack(video)
             pc.addTrack(audio)
+            if self._document_camera is not None:
+                # the second video track of the offer is always the document camera
+                document = self._document_camera.track()
+                self._local_tracks.append(document)
+                pc.addTrack(document)
             pc.on("datachannel", self._use_channel)
             if started.role == "offerer":
                 self._use_channel(pc.createDataChannel(DATA_CHANNEL_LABEL, ordered=True))
@@ -425,6 +435,19 @@ class RemoteCounterCall:
             return False
         channel.send(wire.encode(message))
         return True
+
+    def send_peer_bytes(self, data: bytes) -> bool:
+        """Send one binary frame (a document still chunk); False when the channel is closed."""
+        channel = self._channel
+        if channel is None or channel.readyState != "open" or self.state not in MEDIA_STATES:
+            return False
+        channel.send(data)
+        return True
+
+    async def drain_peer_data(self, below: int, timeout_s: float = 30.0) -> bool:
+        """Wait until at most ``below`` bytes are queued on the data channel; False when
+        the channel is gone or does not drain within ``timeout_s``."""
+        return await drain_channel(self._channel, below, timeout_s)
 
     async def _connect_timeout(self) -> None:
         await asyncio.sleep(self._connect_timeout_s)

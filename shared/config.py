@@ -82,6 +82,11 @@ class DeviceConfig(BaseModel):
     # The devices of a service point (see booth/devices/). "simulated" needs no hardware.
     card_reader: str = "simulated"  # or "pcsc" (first reader) / "pcsc:<reader name>"
     document_camera: str = "simulated"  # or "v4l2:/dev/videoN"
+    # The document camera's live video (the second track of a call); stills are taken at the
+    # camera's full resolution (the simulator: 3508x2480).
+    document_width: int = 1280
+    document_height: int = 720
+    document_fps: int = 15
     receipt_printer: str = "simulated"  # or "network:HOST[:PORT]", "cups:QUEUE", "usb:VID:PID"
     a4_printer: str = "simulated"  # or "cups:QUEUE"
     spool_path: str = ""  # the durable print spool; "": var/spool-<booth id>.sqlite3

@@ -87,6 +87,12 @@ class CardDismissTouched(Model):
     type: Literal["card_dismiss"] = "card_dismiss"
 
 
+class StillTouched(Model):
+    """The resident asks for a still of the document under the document camera (書類を撮影)."""
+
+    type: Literal["still_touched"] = "still_touched"
+
+
 PageToAgent = Annotated[
     ChooseLanguage
     | RequestHelpTouched
@@ -96,7 +102,8 @@ PageToAgent = Annotated[
     | BackToStartTouched
     | PinEntered
     | CardCancelTouched
-    | CardDismissTouched,
+    | CardDismissTouched
+    | StillTouched,
     Field(discriminator="type"),
 ]
 
@@ -150,6 +157,7 @@ class ScreenState(Model):
     return_to_start_s: Annotated[float, Field(ge=0)] | None = None  # on the ended screen
     error: ShortText | None = None  # a short reason shown to the resident
     card: KioskCardPrompt | None = None  # the My Number card read, during a call
+    still_busy: bool = False  # a document still is being taken or sent
 
 
 class KioskError(Model):

@@ -243,6 +243,9 @@ class AnsweringStaff:
 
         @pc.on("track")
         def _track(track: MediaStreamTrack) -> None:
+            videos = [t for t in pc.getTransceivers() if t.kind == "video"]
+            if any(t.receiver.track is track for t in videos[1:]):
+                return  # the booth's document camera (its second video track)
             task = asyncio.get_running_loop().create_task(self._consume(track))
             self._tasks.add(task)
 

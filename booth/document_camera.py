@@ -1,0 +1,305 @@
+"""The document camera (書画カメラ): a second live video for staff, and full-resolution stills.
+
+One small interface (:class:`DocumentCamera`) with a simulator and a real device behind it;
+:func:`open_document_camera` picks from ``DeviceConfig.document_camera``:
+
+* ``simulated`` — :class:`SimulatedDocumentCamera`: an A4 form (住民異動届) drawn with
+  Pillow and Noto Sans CJK JP, boxes, filled-in entries and fine print, lying sideways under
+  the camera as a real page often does. The live track carries the frame stamp of
+  :mod:`booth.media` (top left), so the far side can prove which frames arrived; a still is
+  the whole page at 3508x2480 (A4 at 300 dpi), JPEG quality 95, with a little sensor noise
+  and the still number printed in the margin, so that every still differs.
+* ``v4l2:/dev/videoN`` — the camera opened by :func:`booth.media.open_camera` (PyAV, or
+  ``ffmpeg`` when PyAV lacks V4L2). A still is the newest frame of that stream, encoded as
+  JPEG at the stream's resolution.
+
+JPEG encoding and page rendering are CPU work and run in a thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Final, Protocol
+
+import numpy as np
+from aiortc import MediaStreamTrack
+from av import VideoFrame
+from PIL import Image, ImageDraw
+
+from booth.media import (
+    STAMP_HEIGHT,
+    STAMP_WIDTH,
+    ByteArray,
+    StampedVideoTrack,
+    _caption_font,
+    draw_stamp,
+    open_camera,
+)
+from shared.config import DeviceConfig
+from shared.errors import DeviceError
+
+logger = logging.getLogger(__name__)
+
+A4_PORTRAIT: Final = (2480, 3508)  # 300 dpi
+STILL_SIZE: Final = (3508, 2480)  # the page lies sideways under the camera
+STILL_QUALITY: Final = 95
+
+
+@dataclass(frozen=True)
+class DocumentStill:
+    """One still: JPEG bytes and the picture size."""
+
+    jpeg: bytes
+    width: int
+    height: int
+
+
+class DocumentCamera(Protocol):
+    """A document camera. ``track()`` gives a fresh live track for one call."""
+
+    description: str
+
+    def track(self) -> MediaStreamTrack: ...
+
+    async def still(self) -> DocumentStill: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------
+# The simulated page
+# --------------------------------------------------------------------------------------
+
+_FINE_PRINT: Final = (
+    "注意事項　1. この届出は、異動の日から14日以内に届け出てください。"
+    "2. 代理人が届け出る場合は委任状が必要です。"
+    "3. 本人確認書類（マイナンバーカード、運転免許証等）をご提示ください。"
+    "4. 届出の内容に偽りがあった場合は、住民基本台帳法第52条により過料に処せられることがあります。"
+    "5. 国民健康保険・国民年金・児童手当等の手続きが必要な場合があります。"
+    "各担当窓口でご確認ください。"
+    "6. 記入された個人情報は、住民基本台帳事務及び関連する事務の目的以外には使用しません。"
+)
+
+
+@lru_cache(maxsize=1)
+def render_form_page() -> Image.Image:
+    """The A4 form, portrait, 2480x3508 grey-scale (drawn once per process)."""
+    w, h = A4_PORTRAIT
+    page = Image.new("L", (w, h), 246)
+    draw = ImageDraw.Draw(page)
+    title = _caption_font(110)
+    label = _caption_font(46)
+    entry = _caption_font(58)
+    small = _caption_font(30)
+    tiny = _caption_font(22)
+    margin = 160
+    draw.text((margin, 150), "住民異動届", fill=20, font=title)
+    draw.text((w - margin - 700, 190), "多摩市長　あて", fill=30, font=label)
+    draw.text((w - margin - 700, 260), "届出日　令和8年11月23日", fill=30, font=label)
+    # the table of boxes
+    rows = [
+        ("異動の種類", "転入　・　転居　・　転出　・　世帯変更"),
+        ("異動日", "令和8年11月20日"),
+        ("新しい住所", "東京都多摩市関戸一丁目1番地の1　聖蹟ハイツ203号室"),
+        ("前の住所", "東京都府中市宮町二丁目15番地の3"),
+        ("世帯主", "髙橋　一郎"),
+        ("氏名（ふりがな）", "たかはし　よしこ　　髙橋　𠮷子"),
+        ("生年月日", "昭和60年4月1日"),
+        ("続柄", "妻"),
+        ("本籍", "東京都多摩市関戸六丁目12番地"),
+        ("筆頭者", "髙橋　一郎"),
+        ("電話番号", "042-000-0000"),
+    ]
+    top = 420
+    row_h = 190
+    split = margin + 560
+    for i, (name, value) in enumerate(rows):
+        y = top + i * row_h
+        draw.rectangle((margin, y, w - margin, y + row_h), outline=20, width=5)
+        draw.line((split, y, split, y + row_h), fill=20, width=4)
+        draw.text((margin + 30, y + 65), name, fill=20, font=label)
+        draw.text((split + 40, y + 55), value, fill=35, font=entry)
+    y = top + len(rows) * row_h + 60
+    # check boxes
+    for j, text in enumerate(
+        ("国民健康保険", "国民年金", "児童手当", "印鑑登録", "マイナンバーカード")
+    ):
+        x = margin + j * 430
+        draw.rectangle((x, y, x + 50, y + 50), outline=20, width=4)
+        if j in (0, 4):
+            draw.line((x + 8, y + 25, x + 22, y + 42, x + 44, y + 6), fill=25, width=7)
+        draw.text((x + 70, y + 2), text, fill=20, font=small)
+    y += 130
+    # fine print, wrapped
+    line = ""
+    lines = []
+    for ch in _FINE_PRINT:
+        line += ch
+        if draw.textlength(line, font=small) > w - 2 * margin - 40:
+            lines.append(line)
+            line = ""
+    lines.append(line)
+    for k, text in enumerate(lines):
+        draw.text((margin, y + k * 44), text, fill=40, font=small)
+    y += len(lines) * 44 + 40
+    for k in range(6):
+        draw.text(
+            (margin, y + k * 30),
+            "この欄は記入しないでください。　受付番号　　　　　入力　　　　　照合　　　　"
+            f"　様式第{k + 1}号（第4条関係）　※印の欄は職員が記入します。",
+            fill=70,
+            font=tiny,
+        )
+    # the office stamp box
+    draw.ellipse((w - margin - 300, h - 620, w - margin - 60, h - 380), outline=20, width=5)
+    draw.text((w - margin - 245, h - 530), "受付印", fill=40, font=label)
+    return page
+
+
+def _still_image(still_no: int) -> Image.Image:
+    """The page as the camera sees it: sideways, RGB, noisy, with the still number."""
+    page = render_form_page().rotate(90, expand=True)  # 3508x2480
+    draw = ImageDraw.Draw(page)
+    clock = time.strftime("%Y-%m-%d %H:%M:%S")
+    draw.text((40, 20), f"STILL #{still_no}  {clock}", fill=0, font=_caption_font(40))
+    pixels = np.asarray(page, dtype=np.int16)
+    rng = np.random.default_rng(still_no)
+    noise = rng.normal(0.0, 3.0, size=pixels.shape).astype(np.int16)
+    grey = np.clip(pixels + noise, 0, 255).astype(np.uint8)
+    # a faint warm tint, as under a desk lamp
+    rgb = np.stack([grey, grey, np.clip(grey.astype(np.int16) - 6, 0, 255).astype(np.uint8)], 2)
+    return Image.fromarray(rgb, "RGB")
+
+
+def encode_jpeg(image: Image.Image, quality: int = STILL_QUALITY) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def render_still(still_no: int) -> DocumentStill:
+    """One full-resolution still of the simulated page (blocking: run it in a thread)."""
+    image = _still_image(still_no)
+    return DocumentStill(encode_jpeg(image), image.width, image.height)
+
+
+def _page_frame(width: int, height: int) -> ByteArray:
+    """The sideways page scaled into a ``width`` x ``height`` yuv420p picture (dark desk)."""
+    page = render_form_page().rotate(90, expand=True)
+    scale = min(width / page.width, height / page.height)
+    size = (max(2, int(page.width * scale)), max(2, int(page.height * scale)))
+    small = page.resize(size, Image.Resampling.LANCZOS)
+    desk = Image.new("L", (width, height), 60)
+    desk.paste(small, ((width - size[0]) // 2, (height - size[1]) // 2))
+    yuv = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
+    yuv[:height, :] = np.asarray(desk, dtype=np.uint8)
+    return yuv
+
+
+class DocumentVideoTrack(StampedVideoTrack):
+    """The live document picture with the frame stamp and a caption strip."""
+
+    def _make_background(self) -> ByteArray:
+        return _page_frame(self.width, self.height)
+
+    def render(self, frame_no: int, sent_ms: int) -> VideoFrame:
+        h = self.height
+        yuv = self._background.copy()
+        luma = yuv[:h, :]
+        luma[: STAMP_HEIGHT + 4, : STAMP_WIDTH + 4] = 16  # a clean border round the stamp
+        draw_stamp(luma, frame_no, sent_ms)
+        self._draw_caption(luma, frame_no, sent_ms)
+        return VideoFrame.from_ndarray(yuv, format="yuv420p")
+
+
+class SimulatedDocumentCamera:
+    """The simulator: live page video and full-resolution stills of a 住民異動届."""
+
+    def __init__(self, width: int = 1280, height: int = 720, fps: int = 15) -> None:
+        self.width, self.height, self.fps = width, height, fps
+        self.description = f"simulated document camera {width}x{height}@{fps}, stills 3508x2480"
+        self.stills_taken = 0
+        self._next_frame = 50_000_000  # stamps apart from the face camera's
+        self._tracks: list[DocumentVideoTrack] = []
+
+    def track(self) -> MediaStreamTrack:
+        self._tracks = [t for t in self._tracks if t.readyState == "live"]
+        track = DocumentVideoTrack(
+            self.width,
+            self.height,
+            self.fps,
+            caption="書画カメラ DOCUMENT",
+            first_frame=self._next_frame,
+        )
+        self._next_frame += 1_000_000
+        self._tracks.append(track)
+        return track
+
+    async def still(self) -> DocumentStill:
+        self.stills_taken += 1
+        return await asyncio.to_thread(render_still, self.stills_taken)
+
+    async def aclose(self) -> None:
+        for track in self._tracks:
+            track.stop()
+        self._tracks.clear()
+
+
+class DeviceDocumentCamera:
+    """A real document camera on V4L2; a still is the newest frame as JPEG."""
+
+    def __init__(self, spec: str, width: int, height: int, fps: int) -> None:
+        self._source = open_camera(spec, width, height, fps)
+        self.description = f"document {self._source.description}"
+
+    def track(self) -> MediaStreamTrack:
+        return self._source.track()
+
+    async def still(self) -> DocumentStill:
+        frame = await self._frame()
+        image = frame.to_image()  # type: ignore[no-untyped-call]
+        data = await asyncio.to_thread(encode_jpeg, image)
+        return DocumentStill(data, image.width, image.height)
+
+    async def _frame(self, timeout_s: float = 10.0) -> VideoFrame:
+        still = getattr(self._source, "still", None)
+        if still is not None:  # FfmpegCamera keeps the newest frame
+            frame = await still(timeout_s)
+            assert isinstance(frame, VideoFrame)
+            return frame
+        track = self._source.track()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    got = await track.recv()
+                    if isinstance(got, VideoFrame):
+                        return got
+        except TimeoutError as err:
+            raise DeviceError(
+                "the document camera sends no picture — check its cable and light"
+            ) from err
+        finally:
+            track.stop()
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._source.aclose()
+
+
+def open_document_camera(devices: DeviceConfig) -> DocumentCamera:
+    """The document camera of ``devices.document_camera``. Raises DeviceError."""
+    spec = devices.document_camera
+    w, h, fps = devices.document_width, devices.document_height, devices.document_fps
+    if spec == "simulated":
+        return SimulatedDocumentCamera(w, h, fps)
+    if spec.startswith("v4l2:"):
+        return DeviceDocumentCamera(spec, w, h, fps)
+    raise DeviceError(
+        f"document camera {spec!r}: unknown kind — use 'simulated' or 'v4l2:/dev/videoN'"
+    )
