@@ -150,6 +150,8 @@ class RemoteCounterCall:
         self.last_stamp: Stamp | None = None
         self.remote_media: MediaStatePayload | None = None
         self._pc: RTCPeerConnection | None = None
+        self._negotiation: asyncio.Future[None] | None = None
+        self._pc_closing: asyncio.Future[None] | None = None
         self._local_tracks: list[MediaStreamTrack] = []
         self._pending_candidates: list[IcePayload] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -301,7 +303,14 @@ class RemoteCounterCall:
             pc.on("datachannel", self._use_channel)
             if started.role == "offerer":
                 self._use_channel(pc.createDataChannel(DATA_CHANNEL_LABEL, ordered=True))
-                await pc.setLocalDescription(await pc.createOffer())
+                # Closing a peer connection while it gathers candidates leaks its sockets,
+                # so a close waits for this task (see _close_media).
+                self._negotiation = asyncio.ensure_future(
+                    pc.setLocalDescription(await pc.createOffer())
+                )
+                await self._negotiation
+                if self._pc is not pc:
+                    return  # the call ended while the offer was made
                 await self._relay(SdpPayload(sdp_type="offer", sdp=pc.localDescription.sdp))
         except Exception as err:
             logger.exception("call %s: could not create the WebRTC offer", self.request_id)
@@ -493,6 +502,9 @@ class RemoteCounterCall:
         await self._close_media()
 
     async def _close_media(self) -> None:
+        negotiation = self._negotiation
+        if negotiation is not None and not negotiation.done():
+            await asyncio.wait({negotiation}, timeout=10)
         pc, self._pc = self._pc, None
         channel, self._channel = self._channel, None
         if channel is not None:
@@ -502,8 +514,12 @@ class RemoteCounterCall:
             track.stop()
         self._local_tracks = []
         if pc is not None:
+            # The close must finish even if the task that asked for it is cancelled (the
+            # call ending from several sides at once): a half-closed peer connection keeps
+            # its ICE sockets open.
+            self._pc_closing = asyncio.ensure_future(pc.close())
             with contextlib.suppress(Exception):
-                await pc.close()
+                await asyncio.shield(self._pc_closing)
         await self._media.speaker.detach()
         current = asyncio.current_task()
         for task in list(self._tasks):
@@ -516,7 +532,9 @@ class RemoteCounterCall:
             self._set(CallState.ENDED, "booth shutting down")
         await self._close_media()
         current = asyncio.current_task()
-        pending = [t for t in self._tasks if t is not current]
+        pending: list[asyncio.Future[None]] = [t for t in self._tasks if t is not current]
+        if self._pc_closing is not None:
+            pending.append(self._pc_closing)
         await asyncio.gather(*pending, return_exceptions=True)
 
     def _spawn(self, coro: object) -> None:

@@ -6,6 +6,7 @@ Safety net: every WebRTC peer created in the test process gathers host candidate
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,14 @@ def _loopback_only_ice() -> Iterator[None]:
     restrict_host_addresses(["127.0.0.1"])
     yield
     restrict_host_addresses([])
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Collect garbage after every test, so that a socket or transport a test leaves
+    open is reported (warnings are errors) against that test, not a later one."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
