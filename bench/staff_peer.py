@@ -192,6 +192,7 @@ class AutoStaff:
         self._reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pcs: dict[str, RTCPeerConnection] = {}
+        self._closing: set[asyncio.Future[None]] = set()
         self.welcome: StaffWelcome | None = None
         self.state: str | None = None
         self.offers: asyncio.Queue[tuple[float, Offer]] = asyncio.Queue()
@@ -379,8 +380,9 @@ class AutoStaff:
 
     async def aclose(self) -> None:
         for pc in list(self._pcs.values()):
-            await pc.close()
+            self._close_pc(pc)
         self._pcs.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -397,6 +399,14 @@ class AutoStaff:
             self._http = None
 
     # ---------------------------------------------------------------- internals
+
+    def _close_pc(self, pc: RTCPeerConnection) -> asyncio.Future[None]:
+        """Close in a task of its own: a close cut short by a cancellation leaves ICE
+        sockets open. :meth:`aclose` waits for every close."""
+        closing = asyncio.ensure_future(pc.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+        return closing
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -451,7 +461,7 @@ class AutoStaff:
                 ended = self.calls.get(message.session_id)
                 pc = self._pcs.pop(message.session_id, None)
                 if pc is not None:
-                    await pc.close()
+                    await asyncio.shield(self._close_pc(pc))
                 if ended is not None:
                     ended.ended = message
                     ended.finished.set()
