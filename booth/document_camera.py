@@ -189,8 +189,12 @@ def render_still(still_no: int) -> DocumentStill:
     return DocumentStill(encode_jpeg(image), image.width, image.height)
 
 
+@lru_cache(maxsize=4)
 def _page_frame(width: int, height: int) -> ByteArray:
-    """The sideways page scaled into a ``width`` x ``height`` yuv420p picture (dark desk)."""
+    """The sideways page scaled into a ``width`` x ``height`` yuv420p picture (dark desk).
+
+    Rendering and scaling the page takes about 0.1 s, so it is done once per size (the
+    camera does it when it opens) and never while a call is being set up. Read only."""
     page = render_form_page().rotate(90, expand=True)
     scale = min(width / page.width, height / page.height)
     size = (max(2, int(page.width * scale)), max(2, int(page.height * scale)))
@@ -199,6 +203,7 @@ def _page_frame(width: int, height: int) -> ByteArray:
     desk.paste(small, ((width - size[0]) // 2, (height - size[1]) // 2))
     yuv = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
     yuv[:height, :] = np.asarray(desk, dtype=np.uint8)
+    yuv.flags.writeable = False
     return yuv
 
 
@@ -227,6 +232,7 @@ class SimulatedDocumentCamera:
         self.stills_taken = 0
         self._next_frame = 50_000_000  # stamps apart from the face camera's
         self._tracks: list[DocumentVideoTrack] = []
+        _page_frame(width - width % 2, height - height % 2)  # render the page now, once
 
     def track(self) -> MediaStreamTrack:
         self._tracks = [t for t in self._tracks if t.readyState == "live"]

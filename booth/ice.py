@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer
 
 from shared.protocol import IceServer
 
@@ -55,9 +55,13 @@ def restrict_host_addresses(addresses: Sequence[str]) -> None:
 
 
 def rtc_configuration(ice_servers: Sequence[IceServer]) -> RTCConfiguration:
-    """An RTCConfiguration with exactly these ICE servers (an empty list when none)."""
+    """An RTCConfiguration with exactly these ICE servers (an empty list when none).
+
+    Every track and the data channel share one ICE/DTLS transport (max-bundle): one set
+    of candidates to gather and check, one DTLS handshake, one port through a firewall
+    or TURN server. Browsers bundle by default."""
     servers = [
         RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
         for s in ice_servers
     ]
-    return RTCConfiguration(iceServers=servers)
+    return RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
