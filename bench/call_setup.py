@@ -17,7 +17,8 @@ Per call it measures
 
 The floor, in the same run: two aiortc peers in this process exchanging offer/answer
 directly, createOffer → first decoded stamped frame, same picture size, sending the same
-media as the call (video and audio both ways; the later side's first frame counts).
+media as the call (video and audio both ways, the document camera's picture and the data
+channel from the booth side; the later side's first frame counts).
 ``ratio_first_frame_p95_vs_floor`` compares the p95 of the later of the two sides' first
 frames in the call with that floor's p95 (target ≤ 1.5). For reference the one-way floor
 (video from offerer to answerer only) and the ratio to it are reported too.
@@ -270,8 +271,9 @@ async def run(params: Params, workdir: Path) -> dict[str, Any]:
         await signaling.aclose()
 
     # The floor, with the booth and server stopped so that they do not compete for CPU.
+    document = (1280, 720, 15)  # DeviceConfig's document camera defaults
     floor = [
-        await direct_first_frame_s(params.width, params.height, params.fps)
+        await direct_first_frame_s(params.width, params.height, params.fps, document=document)
         for _ in range(params.warmup + params.floor_runs)
     ][params.warmup :]
     one_way = [

@@ -1,6 +1,7 @@
 """The floor for call set-up: two aiortc peers in one process, offer/answer handed over
 directly (no signaling, no processes, no kiosk). Both peers send what a real call sends
-(a stamped picture and a tone); the figure is createOffer → the first decoded, stamped
+(a stamped picture and a tone each way; from the booth side also the document camera's
+picture and the data channel); the figure is createOffer → the first decoded, stamped
 frame on each side (the later of the two, like the call benchmark's ``both``)."""
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from booth.media import StampedVideoTrack, ToneAudioTrack, read_stamp
 
 
 async def direct_first_frame_s(
-    width: int, height: int, fps: int, *, both_ways: bool = True, timeout_s: float = 10
+    width: int,
+    height: int,
+    fps: int,
+    *,
+    both_ways: bool = True,
+    document: tuple[int, int, int] | None = None,
+    timeout_s: float = 10,
 ) -> float:
     """Seconds from createOffer to the first decoded, stamped frame at both peers (or at
     the answerer only, with ``both_ways=False``)."""
@@ -31,7 +38,10 @@ async def direct_first_frame_s(
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
-                if track.kind == "video" and not first.done() and read_stamp(frame) is not None:
+                if track.kind != "video" or first.done():
+                    continue
+                stamp = read_stamp(frame)
+                if stamp is not None and stamp.frame_no < 50_000_000:  # not the document
                     first.set_result(time.perf_counter())
 
     def watch(pc: RTCPeerConnection) -> None:
@@ -46,6 +56,9 @@ async def direct_first_frame_s(
         watch(answerer)
         offerer.addTrack(StampedVideoTrack(width=width, height=height, fps=fps))
         offerer.addTrack(ToneAudioTrack(hz=1000.0))
+        if both_ways and document is not None:
+            offerer.addTrack(StampedVideoTrack(*document, first_frame=50_000_000))
+            offerer.createDataChannel("ekichika", ordered=True)
         if both_ways:
             watch(offerer)
         start = time.perf_counter()
