@@ -30,26 +30,21 @@ import argparse
 import asyncio
 import json
 import logging
-import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench._load import ChildProcess, free_port, percentile, rounded
+from bench._call import KioskDriver, Params, running_booth
+from bench._load import percentile, rounded
 from bench.floor import direct_first_frame_s
 from bench.staff_peer import AutoStaff
 from shared import wire
-from shared.kiosk_protocol import ChooseLanguage, KioskScreen, RequestHelpTouched, ScreenState
-from shared.protocol import StaffRole
-from shared.security import issue_staff_token, new_booth_credential
-from shared.store import create_engine, migrate, session_factory
-from shared.store.seed import seed_demo
+from shared.kiosk_protocol import ChooseLanguage, KioskScreen, RequestHelpTouched
 
 log = logging.getLogger("bench.call_setup")
 
@@ -58,80 +53,11 @@ TARGET_RATIO = 1.5
 
 
 @dataclass
-class Params:
-    calls: int = 20
-    width: int = 640
-    height: int = 480
-    fps: int = 30
-    floor_runs: int = 20
-    hold_s: float = 0.5
-    warmup: int = 1
-
-
-@dataclass
 class CallTimes:
     request_to_offer: float
     accept_to_connected: float
     accept_to_first_frame_staff: float
     accept_to_first_frame_booth: float
-
-
-@dataclass
-class KioskDriver:
-    """Plays the kiosk page: touches, and the screen snapshots the agent sends back."""
-
-    ws: aiohttp.ClientWebSocketResponse
-    screens: list[tuple[float, ScreenState]] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def read(self) -> None:
-        async for msg in self.ws:
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                message = wire.decode(wire.CHANNELS["kiosk_agent_to_page"], msg.data)
-                if isinstance(message, ScreenState):
-                    self.screens.append((time.monotonic(), message))
-                    self.changed.set()
-
-    async def wait_screen(self, screen: KioskScreen, after: float, limit_s: float = 20) -> float:
-        async with asyncio.timeout(limit_s):
-            while True:
-                for at, state in self.screens:
-                    if at >= after and state.screen is screen:
-                        return at
-                self.changed.clear()
-                await self.changed.wait()
-
-
-async def _prepare(
-    workdir: Path, params: Params, devices: dict[str, str] | None = None
-) -> tuple[str, str, dict[str, int]]:
-    db_url = f"sqlite+aiosqlite:///{workdir / 'bench.sqlite3'}"
-    token_secret = secrets.token_urlsafe(32)
-    credential = new_booth_credential()
-    await migrate(db_url)
-    engine = create_engine(db_url)
-    try:
-        await seed_demo(session_factory(engine), {BOOTH_ID: credential}, "bench-password")
-    finally:
-        await engine.dispose()
-    ports = {"signaling": free_port(), "kiosk": free_port()}
-    (workdir / "signaling.toml").write_text(
-        f'host = "127.0.0.1"\nport = {ports["signaling"]}\n'
-        f"database_url = {json.dumps(db_url)}\ntoken_secret = {json.dumps(token_secret)}\n"
-        "auto_migrate = false\n",
-        encoding="utf-8",
-    )
-    (workdir / "booth.toml").write_text(
-        f"booth_id = {json.dumps(BOOTH_ID)}\ncredential = {json.dumps(credential)}\n"
-        f'server_url = "ws://127.0.0.1:{ports["signaling"]}/ws/booth"\n'
-        f'kiosk_host = "127.0.0.1"\nkiosk_port = {ports["kiosk"]}\n'
-        'ice_host_addresses = ["127.0.0.1"]\nended_screen_s = 0.2\n'
-        f"[devices]\nvideo_width = {params.width}\nvideo_height = {params.height}\n"
-        f"video_fps = {params.fps}\n"
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in (devices or {}).items()),
-        encoding="utf-8",
-    )
-    return db_url, token_secret, ports
 
 
 async def _booth_first_frame(http: aiohttp.ClientSession, url: str, before: int) -> float:
@@ -213,62 +139,16 @@ def _stats(prefix: str, values_s: list[float]) -> dict[str, Any]:
 
 
 async def run(params: Params, workdir: Path) -> dict[str, Any]:
-    _, token_secret, ports = await _prepare(workdir, params)
-    signaling = ChildProcess(
-        "signaling",
-        [sys.executable, "-m", "signaling", "--config", str(workdir / "signaling.toml")],
-        workdir / "signaling.log",
-    )
-    booth = ChildProcess(
-        "booth",
-        [sys.executable, "-m", "booth", "--config", str(workdir / "booth.toml")],
-        workdir / "booth.log",
-    )
     calls: list[CallTimes] = []
-    try:
-        await signaling.start()
-        await signaling.wait_listening("127.0.0.1", ports["signaling"], 30)
-        await booth.start()
-        await booth.wait_listening("127.0.0.1", ports["kiosk"], 30)
-        health = f"http://127.0.0.1:{ports['kiosk']}/healthz"
-        token: Callable[[], str] = lambda: issue_staff_token(  # noqa: E731
-            token_secret, "sato", StaffRole.HQ, 600
-        )
-        async with aiohttp.ClientSession() as http:
-            # The booth must be signed in to signaling before the first call.
-            async with asyncio.timeout(20):
-                while True:
-                    async with http.get(health) as resp:
-                        if (await resp.json()).get("signaling") == "connected":
-                            break
-                    await asyncio.sleep(0.05)
-            ws = await http.ws_connect(f"http://127.0.0.1:{ports['kiosk']}/ws")
-            kiosk = KioskDriver(ws)
-            reader = asyncio.create_task(kiosk.read())
-            staff = AutoStaff(
-                f"ws://127.0.0.1:{ports['signaling']}/ws/staff",
-                token,
-                video_size=(params.width, params.height),
-                fps=params.fps,
-            )
-            try:
-                await staff.connect()
-                await staff.set_available()
-                for i in range(params.warmup + params.calls):
-                    times = await _one_call(staff, kiosk, http, health)
-                    if i >= params.warmup:
-                        calls.append(times)
-                    session_id = list(staff.calls)[-1]
-                    await asyncio.sleep(params.hold_s)
-                    await _finish_call(staff, kiosk, session_id)
-                    log.info("call %d (warm-up %d): %s", i + 1, params.warmup, times)
-            finally:
-                await staff.aclose()
-                reader.cancel()
-                await ws.close()
-    finally:
-        await booth.aclose()
-        await signaling.aclose()
+    async with running_booth(workdir, params) as booth:
+        for i in range(params.warmup + params.calls):
+            times = await _one_call(booth.staff, booth.kiosk, booth.http, booth.health_url)
+            if i >= params.warmup:
+                calls.append(times)
+            session_id = list(booth.staff.calls)[-1]
+            await asyncio.sleep(params.hold_s)
+            await _finish_call(booth.staff, booth.kiosk, session_id)
+            log.info("call %d (warm-up %d): %s", i + 1, params.warmup, times)
 
     # The floor, with the booth and server stopped so that they do not compete for CPU.
     document = (1280, 720, 15)  # DeviceConfig's document camera defaults

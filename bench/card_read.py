@@ -27,21 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from bench._load import ChildProcess, percentile, rounded
-from bench.call_setup import KioskDriver, Params, _prepare
-from bench.staff_peer import AutoStaff
+from bench._call import BenchBooth, KioskDriver, Params, running_booth
+from bench._load import percentile, rounded
 from shared import wire
 from shared.kiosk_protocol import (
-    ChooseLanguage,
     KioskCardStage,
-    KioskScreen,
     PinEntered,
-    RequestHelpTouched,
 )
-from shared.protocol import CardBasicInfo, StaffRole
-from shared.security import issue_staff_token
+from shared.protocol import CardBasicInfo
 from tests.pcsc_support import start_pcscd, stop_pcscd
 from tests.vcard.card import CardProfile, VirtualMyNumberCard
 
@@ -60,13 +53,12 @@ async def _card_stage(kiosk: KioskDriver, stage: KioskCardStage, after: float) -
             await kiosk.changed.wait()
 
 
-async def _booth_card(http: aiohttp.ClientSession, health: str, present: bool) -> None:
+async def _booth_card(booth: BenchBooth, present: bool) -> None:
     """Wait until the booth's card reader reports the card present (or gone)."""
     want = "card_present" if present else "ready"
     async with asyncio.timeout(20):
         while True:
-            async with http.get(health) as resp:
-                status: dict[str, Any] = await resp.json()
+            status = await booth.status()
             for device in status.get("devices", []):
                 if device.get("kind") == "card_reader" and device.get("state") == want:
                     return
@@ -77,73 +69,32 @@ async def run(reads: int, workdir: Path) -> dict[str, Any]:
     params = Params(width=320, height=240, fps=15)
     (workdir / "pcscd").mkdir()
     daemon = start_pcscd(workdir / "pcscd")
-    _, token_secret, ports = await _prepare(workdir, params, {"card_reader": "pcsc"})
-    signaling = ChildProcess(
-        "signaling",
-        [sys.executable, "-m", "signaling", "--config", str(workdir / "signaling.toml")],
-        workdir / "signaling.log",
-    )
-    booth = ChildProcess(
-        "booth",
-        [sys.executable, "-m", "booth", "--config", str(workdir / "booth.toml")],
-        workdir / "booth.log",
-    )
     pin_to_facts: list[float] = []
     insert_to_pad: list[float] = []
     card = VirtualMyNumberCard(CardProfile())
     try:
-        await signaling.start()
-        await signaling.wait_listening("127.0.0.1", ports["signaling"], 30)
-        await booth.start(env=daemon.env)
-        await booth.wait_listening("127.0.0.1", ports["kiosk"], 30)
-        health = f"http://127.0.0.1:{ports['kiosk']}/healthz"
-        async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(20):
-                while True:
-                    async with http.get(health) as resp:
-                        if (await resp.json()).get("signaling") == "connected":
-                            break
-                    await asyncio.sleep(0.05)
-            ws = await http.ws_connect(f"http://127.0.0.1:{ports['kiosk']}/ws")
-            kiosk = KioskDriver(ws)
-            reader = asyncio.create_task(kiosk.read())
-            staff = AutoStaff(
-                f"ws://127.0.0.1:{ports['signaling']}/ws/staff",
-                lambda: issue_staff_token(token_secret, "sato", StaffRole.HQ, 600),
-            )
-            try:
-                await staff.connect()
-                await staff.set_available()
-                await ws.send_str(wire.encode(ChooseLanguage(language="ja")))
-                await ws.send_str(wire.encode(RequestHelpTouched(department="shimin")))
-                async with asyncio.timeout(20):
-                    record = await staff.call_started.get()
-                    await record.connected.wait()
-                await kiosk.wait_screen(KioskScreen.IN_CALL, after=0)
-                for i in range(reads):
-                    await asyncio.to_thread(card.insert)
-                    inserted = time.monotonic()
-                    await _booth_card(http, health, present=True)
-                    await staff.request_card_read(record.session_id, f"read-{i}")
-                    pad = await _card_stage(kiosk, KioskCardStage.WAITING_FOR_PIN, inserted)
-                    insert_to_pad.append(pad - inserted)
-                    entered = time.monotonic()
-                    await ws.send_str(wire.encode(PinEntered(pin="1234")))
-                    result = await staff.card_read_result(record.session_id, f"read-{i}")
-                    done = time.monotonic()
-                    if not isinstance(result, CardBasicInfo):
-                        raise RuntimeError(f"read {i} failed: {result}")
-                    pin_to_facts.append(done - entered)
-                    log.info("read %d: %.3f s", i + 1, done - entered)
-                    await asyncio.to_thread(card.remove)
-                    await _booth_card(http, health, present=False)
-            finally:
-                await staff.aclose()
-                reader.cancel()
-                await ws.close()
+        async with running_booth(
+            workdir, params, {"card_reader": "pcsc"}, booth_env=daemon.env
+        ) as booth:
+            record = await booth.start_call()
+            for i in range(reads):
+                await asyncio.to_thread(card.insert)
+                inserted = time.monotonic()
+                await _booth_card(booth, present=True)
+                await booth.staff.request_card_read(record.session_id, f"read-{i}")
+                pad = await _card_stage(booth.kiosk, KioskCardStage.WAITING_FOR_PIN, inserted)
+                insert_to_pad.append(pad - inserted)
+                entered = time.monotonic()
+                await booth.kiosk.ws.send_str(wire.encode(PinEntered(pin="1234")))
+                result = await booth.staff.card_read_result(record.session_id, f"read-{i}")
+                done = time.monotonic()
+                if not isinstance(result, CardBasicInfo):
+                    raise RuntimeError(f"read {i} failed: {result}")
+                pin_to_facts.append(done - entered)
+                log.info("read %d: %.3f s", i + 1, done - entered)
+                await asyncio.to_thread(card.remove)
+                await _booth_card(booth, present=False)
     finally:
-        await booth.aclose()
-        await signaling.aclose()
         card.remove()
         stop_pcscd(daemon)
     p95 = percentile(pin_to_facts, 95)

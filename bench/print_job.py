@@ -29,23 +29,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from bench._load import ChildProcess, percentile, rounded
-from bench.call_setup import KioskDriver, Params, _prepare
-from bench.staff_peer import AutoStaff
-from shared import wire
+from bench._call import Params, running_booth
+from bench._load import percentile, rounded
 from shared.documents import a4_test_document
-from shared.kiosk_protocol import ChooseLanguage, KioskScreen, RequestHelpTouched
 from shared.protocol import (
     PrintJobStatus,
     ReceiptDocument,
     ReceiptQr,
     ReceiptRule,
     ReceiptText,
-    StaffRole,
 )
-from shared.security import issue_staff_token
 from tests.cups_support import running_cupsd
 from tests.printer_support import ReceiptPrinterEmulator, parse_escpos, raster_images
 
@@ -122,79 +115,35 @@ async def run(jobs: int, workdir: Path) -> dict[str, Any]:
             "a4_printer": f"cups:a4@{cups.server}",
             "spool_path": str(workdir / "spool.sqlite3"),
         }
-        _, token_secret, ports = await _prepare(workdir, params, devices)
-        signaling = ChildProcess(
-            "signaling",
-            [sys.executable, "-m", "signaling", "--config", str(workdir / "signaling.toml")],
-            workdir / "signaling.log",
-        )
-        booth = ChildProcess(
-            "booth",
-            [sys.executable, "-m", "booth", "--config", str(workdir / "booth.toml")],
-            workdir / "booth.log",
-        )
         pdf = a4_test_document("2025-04-01 10:00")
         try:
-            await signaling.start()
-            await signaling.wait_listening("127.0.0.1", ports["signaling"], 30)
-            await booth.start()
-            await booth.wait_listening("127.0.0.1", ports["kiosk"], 30)
-            health = f"http://127.0.0.1:{ports['kiosk']}/healthz"
-            async with aiohttp.ClientSession() as http:
-                async with asyncio.timeout(20):
-                    while True:
-                        async with http.get(health) as resp:
-                            if (await resp.json()).get("signaling") == "connected":
-                                break
-                        await asyncio.sleep(0.05)
-                ws = await http.ws_connect(f"http://127.0.0.1:{ports['kiosk']}/ws")
-                kiosk = KioskDriver(ws)
-                reader = asyncio.create_task(kiosk.read())
-                staff = AutoStaff(
-                    f"ws://127.0.0.1:{ports['signaling']}/ws/staff",
-                    lambda: issue_staff_token(token_secret, "sato", StaffRole.HQ, 600),
-                )
-                try:
-                    await staff.connect()
-                    await staff.set_available()
-                    await ws.send_str(wire.encode(ChooseLanguage(language="ja")))
-                    await ws.send_str(wire.encode(RequestHelpTouched(department="shimin")))
-                    async with asyncio.timeout(20):
-                        record = await staff.call_started.get()
-                        await record.connected.wait()
-                        await record.channel_open.wait()
-                    await kiosk.wait_screen(KioskScreen.IN_CALL, after=0)
-                    session = record.session_id
-                    for i in range(jobs):
-                        job_id = str(uuid.uuid4())
-                        sent = time.monotonic()
-                        await staff.print_receipt(session, job_id, _receipt(i), title="受付票")
-                        arrived = await asyncio.to_thread(_wait_complete, emulator, i + 1, 20)
-                        status = await staff.print_status(session, job_id, "printed", "failed")
-                        if not isinstance(status, PrintJobStatus) or status.state != "printed":
-                            raise RuntimeError(f"receipt {i}: {status}")
-                        receipt_times.append(arrived - sent)
-                        receipt_status_times.append(time.monotonic() - sent)
-                        log.info("receipt %d: %.3f s", i + 1, arrived - sent)
-                    for i in range(jobs):
-                        job_id = str(uuid.uuid4())
-                        sent = time.monotonic()
-                        await staff.print_pdf(session, job_id, pdf, "A4 test document")
-                        status = await staff.print_status(
-                            session, job_id, "printed", "failed", timeout_s=60
-                        )
-                        if not isinstance(status, PrintJobStatus) or status.state != "printed":
-                            raise RuntimeError(f"A4 job {i}: {status}")
-                        a4_times.append(time.monotonic() - sent)
-                        log.info("A4 job %d: %.3f s", i + 1, a4_times[-1])
-                    pages = await asyncio.to_thread(_pdf_pages, output)
-                finally:
-                    await staff.aclose()
-                    reader.cancel()
-                    await ws.close()
+            async with running_booth(workdir, params, devices) as booth:
+                staff = booth.staff
+                session = (await booth.start_call()).session_id
+                for i in range(jobs):
+                    job_id = str(uuid.uuid4())
+                    sent = time.monotonic()
+                    await staff.print_receipt(session, job_id, _receipt(i), title="受付票")
+                    arrived = await asyncio.to_thread(_wait_complete, emulator, i + 1, 20)
+                    status = await staff.print_status(session, job_id, "printed", "failed")
+                    if not isinstance(status, PrintJobStatus) or status.state != "printed":
+                        raise RuntimeError(f"receipt {i}: {status}")
+                    receipt_times.append(arrived - sent)
+                    receipt_status_times.append(time.monotonic() - sent)
+                    log.info("receipt %d: %.3f s", i + 1, arrived - sent)
+                for i in range(jobs):
+                    job_id = str(uuid.uuid4())
+                    sent = time.monotonic()
+                    await staff.print_pdf(session, job_id, pdf, "A4 test document")
+                    status = await staff.print_status(
+                        session, job_id, "printed", "failed", timeout_s=60
+                    )
+                    if not isinstance(status, PrintJobStatus) or status.state != "printed":
+                        raise RuntimeError(f"A4 job {i}: {status}")
+                    a4_times.append(time.monotonic() - sent)
+                    log.info("A4 job %d: %.3f s", i + 1, a4_times[-1])
+                pages = await asyncio.to_thread(_pdf_pages, output)
         finally:
-            await booth.aclose()
-            await signaling.aclose()
             emulator.switch_off()
     receipt_p95 = percentile(receipt_times, 95)
     a4_p95 = percentile(a4_times, 95)
