@@ -76,7 +76,7 @@ def _require_isolated_network() -> None:
     if interfaces - {"lo"}:
         pytest.fail(
             "vpcd listens on 0.0.0.0: run the card reader tests inside a network namespace "
-            "with only loopback (unshare --net, see the brief); found interfaces "
+            "with only loopback (unshare --net, as scripts/test.sh does); found interfaces "
             f"{sorted(interfaces)}"
         )
 
