@@ -9,6 +9,8 @@ Routes
   GET  /api/me                 the signed-in staff member and the signaling URL
   POST /api/signaling-token    a short-lived staff token for one signaling connection
   GET  /api/documents/test-a4.pdf  the 2-page A4 test document staff can print at a booth
+  POST /api/sessions/{session_id}/stills  保存: store a document still of the staff
+                               member's own call session (JPEG body, X-Still-SHA256 header)
   GET  /healthz                liveness and database check
   GET  /static/...             page assets and the protocol JSON Schema
 """
@@ -16,8 +18,11 @@ Routes
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +47,7 @@ from shared.documents import a4_test_document
 from shared.protocol import StaffRole
 from shared.security import issue_staff_token
 from shared.store.db import create_engine, migrate, session_factory
+from shared.store.models import AuditRecord, CallSession, DocumentStill
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,12 @@ UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 HQ_ROLES: Final = frozenset({StaffRole.HQ, StaffRole.ADMIN})
 BRANCH_ROLES: Final = frozenset({StaffRole.BRANCH, StaffRole.ADMIN})
 
+# A saved document still: the booth's stills are JPEGs of a few MB (3508x2480: ~2.7 MB).
+MAX_STILL_BYTES: Final = 32 * 1024 * 1024
+STILL_MIMES: Final = frozenset({"image/jpeg"})
+_SHA256_HEX: Final = re.compile(r"^[0-9a-f]{64}$")
+_JPEG_MAGIC: Final = b"\xff\xd8\xff"
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -75,7 +87,7 @@ def content_security_policy(config: ConsoleConfig) -> str:
     connect = " ".join(x for x in ("'self'", _signaling_origin(config.signaling_url)) if x)
     return (
         "default-src 'none'; "
-        "script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+        "script-src 'self'; style-src 'self'; img-src 'self' data: blob:; font-src 'self'; "
         f"connect-src {connect}; media-src 'self' blob: mediastream:; "
         "base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"
     )
@@ -297,6 +309,73 @@ async def api_test_a4_document(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None when it exceeds ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        total += len(chunk)
+        if total > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def api_save_still(request: web.Request) -> web.StreamResponse:
+    """保存: store a document still with the call session it was taken in. Only the staff
+    member of that session may; the body must match the SHA-256 the booth announced."""
+    staff = await _api_staff(request)
+    if staff.role not in HQ_ROLES:
+        return _json_error(403, "forbidden", "HQ staff only")
+    session_id = request.match_info["session_id"]
+    mime = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if mime not in STILL_MIMES:
+        return _json_error(415, "unsupported_type", "a JPEG still is expected")
+    expected = request.headers.get("X-Still-SHA256", "").strip().lower()
+    if not _SHA256_HEX.match(expected):
+        return _json_error(400, "bad_sha256", "X-Still-SHA256 must be 64 hex digits")
+    sessions = request.app[SESSIONS]
+    async with sessions() as db:
+        call = await db.get(CallSession, session_id)
+        if call is None or call.staff_id != staff.staff_id:
+            log.warning("still refused: staff %s is not in session %s", staff.staff_id, session_id)
+            return _json_error(403, "not_your_session", "not a session of this staff member")
+    data = await _read_limited(request, MAX_STILL_BYTES)
+    if data is None:
+        return _json_error(413, "too_large", "the still is too large")
+    if not data or not data.startswith(_JPEG_MAGIC):
+        return _json_error(400, "not_jpeg", "the body is not a JPEG")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        log.warning("still refused: SHA-256 mismatch for session %s", session_id)
+        return _json_error(400, "sha256_mismatch", "the still does not match its SHA-256")
+    still_id = uuid.uuid4().hex
+    async with sessions() as db, db.begin():
+        db.add(
+            DocumentStill(
+                id=still_id,
+                session_id=session_id,
+                staff_id=staff.staff_id,
+                sha256=actual,
+                size=len(data),
+                mime=mime,
+                data=data,
+            )
+        )
+        db.add(
+            AuditRecord(
+                staff_id=staff.staff_id,
+                action="still_saved",
+                session_id=session_id,
+                object_id=still_id,
+            )
+        )
+    log.info("still %s saved to session %s by staff %s", still_id[:8], session_id, staff.staff_id)
+    return web.json_response({"id": still_id, "sha256": actual, "size": len(data)}, status=201)
+
+
 async def healthz(request: web.Request) -> web.StreamResponse:
     try:
         async with request.app[ENGINE].connect() as conn:
@@ -344,6 +423,7 @@ def create_app(config: ConsoleConfig, *, throttle: LoginThrottle | None = None) 
     app.router.add_get("/api/me", api_me)
     app.router.add_post("/api/signaling-token", api_signaling_token)
     app.router.add_get("/api/documents/test-a4.pdf", api_test_a4_document)
+    app.router.add_post("/api/sessions/{session_id}/stills", api_save_still)
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
     return app
