@@ -547,8 +547,14 @@ function onDataChannel(session, channel) {
     if (page.session === session) $("card-read").disabled = true;
     announce("ekichika:channel", { sessionId: session.id, open: false });
   });
+  channel.binaryType = "arraybuffer"; // document stills arrive as binary frames
   channel.addEventListener("message", (event) => {
-    if (page.session !== session || typeof event.data !== "string") return;
+    if (page.session !== session) return;
+    if (event.data instanceof ArrayBuffer) {
+      announce("ekichika:peer-binary", { sessionId: session.id, data: event.data });
+      return;
+    }
+    if (typeof event.data !== "string") return;
     let msg;
     try {
       msg = JSON.parse(event.data);

@@ -26,6 +26,8 @@ const TEXT = {
     staff_label: "担当職員",
     elapsed_label: "通話時間",
     hang_up: "終了",
+    still_take: "書類を撮影",
+    still_busy: "撮影中…",
     lost_title: "接続が切れました。再接続しています…",
     lost_kept: "受付はそのまま保たれています。このままお待ちください。",
     lost_plain: "しばらくお待ちください。",
@@ -79,6 +81,8 @@ const TEXT = {
     staff_label: "Staff member",
     elapsed_label: "Call time",
     hang_up: "End call",
+    still_take: "Photograph document",
+    still_busy: "Taking photo…",
     lost_title: "The connection was lost. Reconnecting…",
     lost_kept: "Your request is kept. Please wait a moment.",
     lost_plain: "Please wait a moment.",
@@ -270,6 +274,7 @@ function render(snapshot) {
       break;
     case "in_call":
       $("call-staff").textContent = snapshot.staff_name ?? "";
+      renderStill(snapshot.still_busy);
       break;
     case "connection_lost":
       $("lost-lead").textContent = snapshot.request_kept ? text("lost_kept") : text("lost_plain");
@@ -316,6 +321,15 @@ function renderPin() {
   }
   $("pin-confirm").disabled = state.pin.length !== 4;
   $("pin-delete").disabled = state.pin.length === 0;
+}
+
+// 書類を撮影: the agent reports still_busy while a still is being taken or sent.
+function renderStill(busy) {
+  const button = $("still-take");
+  button.disabled = Boolean(busy);
+  button.textContent = text(busy ? "still_busy" : "still_take");
+  if (busy) document.body.dataset.still = "busy";
+  else delete document.body.dataset.still;
 }
 
 function pinKey(target) {
