@@ -25,13 +25,10 @@ from bench.staff_peer import AutoStaff, CallRecord
 from booth.agent import BoothAgent
 from booth.devices.card import SimulatedCardReader, demo_card
 from shared import wire
-from shared.config import BoothConfig, DeviceConfig
 from shared.kiosk_protocol import (
     CardDismissTouched,
-    ChooseLanguage,
     KioskCardStage,
     PinEntered,
-    RequestHelpTouched,
     ScreenState,
 )
 from shared.protocol import (
@@ -44,7 +41,10 @@ from shared.protocol import (
     CardReadStage,
     CardStatus,
 )
-from tests.signaling_support import RunningSignaling, running_signaling
+from tests.call_support import booth_config, start_call
+from tests.call_support import signaling as signaling
+from tests.call_support import staff as staff
+from tests.signaling_support import RunningSignaling
 
 DEMO_NAME = "髙橋 𠮷子"
 DEMO_ADDRESS = "東京都多摩市関戸一丁目１０番地１　駅近ハイツ２０１号"
@@ -56,12 +56,6 @@ async def eventually(check: Callable[[], bool], within: float, what: str) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def signaling(tmp_path: Path) -> AsyncIterator[RunningSignaling]:
-    async with running_signaling(tmp_path) as running:
-        yield running
 
 
 class Booth:
@@ -96,22 +90,10 @@ class Booth:
 @pytest.fixture
 async def booth(signaling: RunningSignaling, tmp_path: Path) -> AsyncIterator[Booth]:
     agent = BoothAgent(
-        BoothConfig(
-            booth_id="seiseki-1",
-            credential=signaling.booth_credentials["seiseki-1"],
-            server_url=f"{signaling.ws_url}/ws/booth",
-            kiosk_port=0,
-            devices=DeviceConfig(
-                video_width=320,
-                video_height=240,
-                video_fps=10,
-                card_reader="simulated",
-                spool_path=str(tmp_path / "spool.sqlite3"),
-            ),
-            ice_host_addresses=["127.0.0.1"],
-            reconnect_min_s=0.1,
-            reconnect_max_s=0.5,
-            ended_screen_s=0.5,
+        booth_config(
+            signaling,
+            tmp_path,
+            card_reader="simulated",
         )
     )
     await agent.start()
@@ -122,23 +104,8 @@ async def booth(signaling: RunningSignaling, tmp_path: Path) -> AsyncIterator[Bo
         await agent.aclose()
 
 
-@pytest.fixture
-async def staff(signaling: RunningSignaling) -> AsyncIterator[AutoStaff]:
-    async with AutoStaff(
-        f"{signaling.ws_url}/ws/staff", signaling.staff_token("sato"), fps=10
-    ) as peer:
-        yield peer
-
-
 async def _call(booth: Booth, staff: AutoStaff) -> CallRecord:
-    await staff.set_available()
-    await booth.agent.handle_touch(ChooseLanguage(language="ja"))
-    await booth.agent.handle_touch(RequestHelpTouched(department="shimin"))
-    async with asyncio.timeout(15):
-        record = await staff.call_started.get()
-        await record.connected.wait()
-        await record.channel_open.wait()
-    return record
+    return await start_call(booth.agent, staff)
 
 
 async def _until_pin_pad(booth: Booth, staff: AutoStaff, record: CallRecord, tries: int) -> None:

@@ -25,10 +25,12 @@ from bench.staff_peer import AutoStaff, CallRecord
 from booth.agent import BoothAgent
 from booth.document_camera import DocumentCamera, DocumentStill
 from booth.document_still import offer_for, send_still
-from shared.config import BoothConfig, DeviceConfig
-from shared.kiosk_protocol import ChooseLanguage, RequestHelpTouched, StillTouched
+from shared.kiosk_protocol import StillTouched
 from shared.protocol import StillOffer
-from tests.signaling_support import RunningSignaling, running_signaling
+from tests.call_support import booth_config, start_call
+from tests.call_support import signaling as signaling
+from tests.call_support import staff as staff
+from tests.signaling_support import RunningSignaling
 
 
 async def eventually(check: Callable[[], bool], within: float, what: str) -> None:
@@ -60,32 +62,14 @@ class RecordingCamera:
 
 
 @pytest.fixture
-async def signaling(tmp_path: Path) -> AsyncIterator[RunningSignaling]:
-    async with running_signaling(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
 async def agent(signaling: RunningSignaling, tmp_path: Path) -> AsyncIterator[BoothAgent]:
     agent = BoothAgent(
-        BoothConfig(
-            booth_id="seiseki-1",
-            credential=signaling.booth_credentials["seiseki-1"],
-            server_url=f"{signaling.ws_url}/ws/booth",
-            kiosk_port=0,
-            devices=DeviceConfig(
-                video_width=320,
-                video_height=240,
-                video_fps=10,
-                document_width=320,
-                document_height=240,
-                document_fps=10,
-                spool_path=str(tmp_path / "spool.sqlite3"),
-            ),
-            ice_host_addresses=["127.0.0.1"],
-            reconnect_min_s=0.1,
-            reconnect_max_s=0.5,
-            ended_screen_s=0.5,
+        booth_config(
+            signaling,
+            tmp_path,
+            document_width=320,
+            document_height=240,
+            document_fps=10,
         )
     )
     await agent.start()
@@ -98,23 +82,8 @@ async def agent(signaling: RunningSignaling, tmp_path: Path) -> AsyncIterator[Bo
         await agent.aclose()
 
 
-@pytest.fixture
-async def staff(signaling: RunningSignaling) -> AsyncIterator[AutoStaff]:
-    async with AutoStaff(
-        f"{signaling.ws_url}/ws/staff", signaling.staff_token("sato"), fps=10
-    ) as peer:
-        yield peer
-
-
 async def _call(agent: BoothAgent, staff: AutoStaff) -> CallRecord:
-    await staff.set_available()
-    await agent.handle_touch(ChooseLanguage(language="ja"))
-    await agent.handle_touch(RequestHelpTouched(department="shimin"))
-    async with asyncio.timeout(15):
-        record = await staff.call_started.get()
-        await record.connected.wait()
-        await record.channel_open.wait()
-    return record
+    return await start_call(agent, staff)
 
 
 def _camera(agent: BoothAgent) -> RecordingCamera:

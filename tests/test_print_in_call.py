@@ -15,7 +15,7 @@ import asyncio
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,7 @@ from PIL import ImageChops
 from bench.staff_peer import AutoStaff, CallRecord
 from booth.agent import BoothAgent
 from booth.devices.receipt import Receipt, render_receipt
-from shared.config import BoothConfig, DeviceConfig
 from shared.documents import a4_test_document
-from shared.kiosk_protocol import ChooseLanguage, RequestHelpTouched
 from shared.protocol import (
     BoothsSnapshot,
     BoothStatus,
@@ -37,6 +35,9 @@ from shared.protocol import (
     ReceiptRule,
     ReceiptText,
 )
+from tests.call_support import booth_config, start_call
+from tests.call_support import signaling as signaling
+from tests.call_support import staff as staff
 from tests.cups_support import CupsServer, running_cupsd
 from tests.printer_support import (
     ReceiptPrinterEmulator,
@@ -49,7 +50,6 @@ from tests.signaling_support import (
     RunningSignaling,
     StaffClient,
     connect_staff,
-    running_signaling,
 )
 
 RECEIPT = ReceiptDocument(
@@ -95,12 +95,6 @@ def _states(staff: AutoStaff, session_id: str, job_id: str) -> list[str]:
 
 
 @pytest.fixture
-async def signaling(tmp_path: Path) -> AsyncIterator[RunningSignaling]:
-    async with running_signaling(tmp_path) as running:
-        yield running
-
-
-@pytest.fixture
 def emulator() -> Iterator[ReceiptPrinterEmulator]:
     with receipt_printer_emulator() as emu:
         yield emu
@@ -112,35 +106,15 @@ def cups() -> Iterator[CupsServer]:
         yield server
 
 
-@pytest.fixture
-async def staff(signaling: RunningSignaling) -> AsyncIterator[AutoStaff]:
-    async with AutoStaff(
-        f"{signaling.ws_url}/ws/staff", signaling.staff_token("sato"), fps=10
-    ) as peer:
-        yield peer
-
-
 async def _booth(
     signaling: RunningSignaling, tmp_path: Path, *, receipt: str, a4: str = "simulated"
 ) -> BoothAgent:
     agent = BoothAgent(
-        BoothConfig(
-            booth_id="seiseki-1",
-            credential=signaling.booth_credentials["seiseki-1"],
-            server_url=f"{signaling.ws_url}/ws/booth",
-            kiosk_port=0,
-            devices=DeviceConfig(
-                video_width=320,
-                video_height=240,
-                video_fps=10,
-                receipt_printer=receipt,
-                a4_printer=a4,
-                spool_path=str(tmp_path / "spool.sqlite3"),
-            ),
-            ice_host_addresses=["127.0.0.1"],
-            reconnect_min_s=0.1,
-            reconnect_max_s=0.5,
-            ended_screen_s=0.5,
+        booth_config(
+            signaling,
+            tmp_path,
+            receipt_printer=receipt,
+            a4_printer=a4,
         )
     )
     await agent.start()
@@ -152,14 +126,7 @@ async def _booth(
 
 
 async def _call(agent: BoothAgent, staff: AutoStaff) -> CallRecord:
-    await staff.set_available()
-    await agent.handle_touch(ChooseLanguage(language="ja"))
-    await agent.handle_touch(RequestHelpTouched(department="shimin"))
-    async with asyncio.timeout(15):
-        record = await staff.call_started.get()
-        await record.connected.wait()
-        await record.channel_open.wait()
-    return record
+    return await start_call(agent, staff)
 
 
 async def _booth_status(branch: StaffClient, check: Callable[[BoothStatus], bool]) -> BoothStatus:
