@@ -185,7 +185,14 @@ async def test_staff_read_the_card_after_the_resident_typed_the_pin(
         assert not pin.search(wire.encode(state)), "the PIN is in a kiosk snapshot"
         assert DEMO_NAME not in wire.encode(state)
     assert not pin.search(json.dumps(booth.agent.status(), default=str))
-    assert not pin.search(caplog.text), "the PIN is in the log"
+    # The WebRTC library's DEBUG lines carry RTP sequence numbers and timestamps, in which
+    # any four digits turn up by chance; the PIN never reaches it (it goes page → agent on
+    # 127.0.0.1 → card), so its lines are left out of the PIN check, not of the others.
+    ours = "\n".join(
+        r.getMessage() for r in caplog.records if not r.name.startswith(("aiortc", "aioice"))
+    )
+    assert ours, "the test captured the booth's own log"
+    assert not pin.search(ours), "the PIN is in the log"
     assert DEMO_NAME not in caplog.text and DEMO_ADDRESS not in caplog.text
     assert not pin.search(repr(PinEntered(pin="1234")))
     for _, frame in staff.signaling_frames:
