@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,3 +183,21 @@ async def running_booth(
     finally:
         await booth.aclose()
         await signaling.aclose()
+
+
+def run_benchmark(run: Callable[[Path], Coroutine[Any, Any, dict[str, Any]]]) -> int:
+    """The common main of the call benchmarks: calm logs on stderr, WebRTC host candidates
+    on loopback only (for the peers in this process), a temporary directory, and the
+    result as one JSON object on stdout."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
+    for noisy in ("aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from booth.ice import restrict_host_addresses
+
+    restrict_host_addresses(["127.0.0.1"])
+    with tempfile.TemporaryDirectory(prefix="ekichika-bench-") as tmp:
+        result = asyncio.run(run(Path(tmp)))
+    print(json.dumps(result, ensure_ascii=False))
+    return 0

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from bench._call import KioskDriver, Params, running_booth
+from bench._call import KioskDriver, Params, run_benchmark, running_booth
 from bench._load import percentile, rounded
 from bench.floor import direct_first_frame_s
 from bench.staff_peer import AutoStaff
@@ -202,18 +200,8 @@ def parse_args(argv: list[str] | None) -> Params:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
-    )
     params = parse_args(argv)
-    # WebRTC host candidates on loopback only, for the staff peer and the floor here.
-    from booth.ice import restrict_host_addresses
-
-    restrict_host_addresses(["127.0.0.1"])
-    with tempfile.TemporaryDirectory(prefix="ekichika-bench-") as tmp:
-        result = asyncio.run(run(params, Path(tmp)))
-    print(json.dumps(result, ensure_ascii=False))
-    return 0
+    return run_benchmark(lambda workdir: run(params, workdir))
 
 
 if __name__ == "__main__":

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench._call import BenchBooth, KioskDriver, Params, running_booth
+from bench._call import BenchBooth, KioskDriver, Params, run_benchmark, running_booth
 from bench._load import percentile, rounded
 from shared import wire
 from shared.kiosk_protocol import (
@@ -115,18 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.card_read", description=__doc__)
     parser.add_argument("--reads", type=int, default=10)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
-    )
-    for noisy in ("aioice", "aiortc"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from booth.ice import restrict_host_addresses
-
-    restrict_host_addresses(["127.0.0.1"])
-    with tempfile.TemporaryDirectory(prefix="ekichika-bench-") as tmp:
-        result = asyncio.run(run(args.reads, Path(tmp)))
-    print(json.dumps(result, ensure_ascii=False))
-    return 0
+    return run_benchmark(lambda workdir: run(args.reads, workdir))
 
 
 if __name__ == "__main__":

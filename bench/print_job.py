@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from bench._call import Params, running_booth
+from bench._call import Params, run_benchmark, running_booth
 from bench._load import percentile, rounded
 from shared.documents import a4_test_document
 from shared.protocol import (
@@ -169,18 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.print_job", description=__doc__)
     parser.add_argument("--jobs", type=int, default=10, help="receipts and A4 jobs, each")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
-    )
-    for noisy in ("aioice", "aiortc"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from booth.ice import restrict_host_addresses
-
-    restrict_host_addresses(["127.0.0.1"])
-    with tempfile.TemporaryDirectory(prefix="ekichika-bench-") as tmp:
-        result = asyncio.run(run(args.jobs, Path(tmp)))
-    print(json.dumps(result, ensure_ascii=False))
-    return 0
+    return run_benchmark(lambda workdir: run(args.jobs, workdir))
 
 
 if __name__ == "__main__":
