@@ -20,7 +20,8 @@ from booth.agent import BoothAgent
 from booth.devices.base import DeviceState
 from booth.devices.printing import SimulatedReceiptPrinter
 from hq_console.app import create_app
-from shared.config import BoothConfig, ConsoleConfig, DeviceConfig
+from shared.config import ConsoleConfig
+from tests.call_support import booth_config
 from tests.signaling_support import (
     DEMO_PASSWORD,
     TOKEN_SECRET,
@@ -57,21 +58,7 @@ async def board(tmp_path: Path) -> AsyncIterator[tuple[str, BoothAgent]]:
             shutdown_timeout=1.0,
         )
         await console.setup()
-        agent = BoothAgent(
-            BoothConfig(
-                booth_id="seiseki-1",
-                credential=sig.booth_credentials["seiseki-1"],
-                server_url=f"{sig.ws_url}/ws/booth",
-                devices=DeviceConfig(
-                    video_width=320,
-                    video_height=240,
-                    video_fps=15,
-                    spool_path=str(tmp_path / "spool.sqlite3"),
-                ),
-                reconnect_min_s=0.1,
-                reconnect_max_s=0.5,
-            )
-        )
+        agent = BoothAgent(booth_config(sig, tmp_path))
         try:
             await web.TCPSite(console, "127.0.0.1", console_port).start()
             await agent.start()

@@ -17,7 +17,6 @@ import pytest
 from booth.agent import BoothAgent
 from booth.devices.base import DeviceState
 from booth.devices.printing import SimulatedReceiptPrinter
-from shared.config import BoothConfig, DeviceConfig
 from shared.protocol import (
     BoothsSnapshot,
     BoothState,
@@ -26,6 +25,7 @@ from shared.protocol import (
     DeviceStatusReport,
     ErrorCode,
 )
+from tests.call_support import booth_config
 from tests.signaling_support import (
     StaffClient,
     connect_booth,
@@ -225,21 +225,7 @@ async def test_booth_agent_reports_its_devices_and_a_printer_running_out_of_pape
     tmp_path: Path,
 ) -> None:
     async with running_signaling(tmp_path) as sig:
-        agent = BoothAgent(
-            BoothConfig(
-                booth_id="seiseki-1",
-                credential=sig.booth_credentials["seiseki-1"],
-                server_url=f"{sig.ws_url}/ws/booth",
-                devices=DeviceConfig(
-                    video_width=320,
-                    video_height=240,
-                    video_fps=15,
-                    spool_path=str(tmp_path / "spool.sqlite3"),
-                ),
-                reconnect_min_s=0.1,
-                reconnect_max_s=0.5,
-            )
-        )
+        agent = BoothAgent(booth_config(sig, tmp_path))
         async with connect_staff(sig.ws_url, sig.staff_token("takahashi")) as branch:
             try:
                 await agent.start()
@@ -253,7 +239,7 @@ async def test_booth_agent_reports_its_devices_and_a_printer_running_out_of_pape
                     ("speaker", "ready"),
                 ]
                 names = {d.kind: d.name for d in status.devices}
-                assert names["camera"] == "simulated camera 320x240@15"
+                assert names["camera"] == "simulated camera 320x240@10"
                 assert names["receipt_printer"] == "receipt (simulated)"
 
                 receipt = agent.devices.receipt
