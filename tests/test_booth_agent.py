@@ -269,8 +269,6 @@ async def test_refused_booth_does_not_hammer(server: FakeSignaling) -> None:
         await booth.aclose()
 
 
-# signaling's store still calls Result.tuples(), deprecated in SQLAlchemy 2.1
-@pytest.mark.filterwarnings("ignore:The Result.tuples:DeprecationWarning")
 async def test_call_through_the_real_signaling_server(tmp_path: Path) -> None:
     async with running_signaling(tmp_path) as signaling:
         config = BoothConfig(
