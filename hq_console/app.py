@@ -42,6 +42,8 @@ from hq_console.auth import (
     resolve_session,
     revoke_session,
 )
+from hq_console.booth_auth import BOOTH_API_PREFIX, authenticated_booth
+from hq_console.still_relay import RelayRefusal, RelayRefused, StillRelay
 from shared.config import ConsoleConfig
 from shared.documents import a4_test_document
 from shared.protocol import StaffRole
@@ -59,6 +61,8 @@ SESSIONS: Final = web.AppKey("sessions", async_sessionmaker[AsyncSession])
 THROTTLE: Final = web.AppKey("throttle", LoginThrottle)
 COOKIE_NAME: Final = web.AppKey("cookie_name", str)
 CSP: Final = web.AppKey("csp", str)
+STILL_RELAY: Final = web.AppKey("still_relay", StillRelay)
+BOOTH_THROTTLE: Final = web.AppKey("booth_throttle", LoginThrottle)
 
 STAFF: Final = web.RequestKey("staff", SignedInStaff)  # cached by current_staff
 
@@ -120,7 +124,11 @@ def _same_origin(request: web.Request, config: ConsoleConfig) -> bool:
 
 @web.middleware
 async def origin_check(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method in UNSAFE_METHODS and not _same_origin(request, request.app[CONFIG]):
+    if (
+        request.method in UNSAFE_METHODS
+        and not request.path.startswith(BOOTH_API_PREFIX)  # no cookies there: Basic auth
+        and not _same_origin(request, request.app[CONFIG])
+    ):
         log.warning("refused %s %s: foreign or missing Origin", request.method, request.path)
         if _is_api(request):
             return _json_error(403, "bad_origin", "request origin not allowed")
@@ -376,6 +384,85 @@ async def api_save_still(request: web.Request) -> web.StreamResponse:
     return web.json_response({"id": still_id, "sha256": actual, "size": len(data)}, status=201)
 
 
+_RELAY_TOKEN: Final = re.compile(r"^[0-9a-f]{64}$")
+_RELAY_STATUS: Final = {
+    RelayRefusal.BUSY: 503,
+    RelayRefusal.TAKEN: 409,
+    RelayRefusal.SESSION_MISMATCH: 409,
+    RelayRefusal.NO_PARTNER: 504,
+    RelayRefusal.PARTNER_GONE: 502,
+    RelayRefusal.TOO_LARGE: 413,
+}
+
+
+def _relay_error(err: RelayRefused) -> web.Response:
+    return _json_error(_RELAY_STATUS[err.refusal], err.refusal.value, str(err))
+
+
+async def _live_call(request: web.Request, session_id: str) -> CallSession | None:
+    async with request.app[SESSIONS]() as db:
+        call = await db.get(CallSession, session_id)
+    return call if call is not None and call.ended_at is None else None
+
+
+async def api_booth_still_upload(request: web.Request) -> web.StreamResponse:
+    """The booth streams a sealed still into the relay (see hq_console.still_relay)."""
+    booth_id = await authenticated_booth(
+        request, request.app[SESSIONS], request.app[BOOTH_THROTTLE]
+    )
+    session_id, token = request.match_info["session_id"], request.match_info["token"]
+    if not _RELAY_TOKEN.match(token):
+        return _json_error(400, "bad_token", "the relay token must be 64 hex digits")
+    call = await _live_call(request, session_id)
+    if call is None or call.booth_id != booth_id:
+        log.warning("still relay refused: booth %s is not in session %s", booth_id, session_id)
+        return _json_error(403, "not_your_session", "not a live session of this booth")
+    size = request.content_length
+    if size is None:
+        return _json_error(411, "length_required", "Content-Length is required")
+    try:
+        copied = await request.app[STILL_RELAY].upload(
+            token, session_id, size, request.content.iter_chunked(256 * 1024)
+        )
+    except RelayRefused as err:
+        log.warning("still relay for session %s failed: %s", session_id, err.refusal.value)
+        return _relay_error(err)
+    log.info("still relayed for session %s (%d bytes)", session_id, copied)
+    return web.json_response({"bytes": copied})
+
+
+async def api_still_relay_download(request: web.Request) -> web.StreamResponse:
+    """The staff member of the session takes a sealed still from the relay."""
+    staff = await _api_staff(request)
+    session_id, token = request.match_info["session_id"], request.match_info["token"]
+    if not _RELAY_TOKEN.match(token):
+        return _json_error(400, "bad_token", "the relay token must be 64 hex digits")
+    call = await _live_call(request, session_id)
+    if call is None or call.staff_id != staff.staff_id:
+        log.warning(
+            "still relay refused: staff %s is not in session %s", staff.staff_id, session_id
+        )
+        return _json_error(403, "not_your_session", "not a live session of this staff member")
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-store"}
+    )
+    try:
+        async with request.app[STILL_RELAY].download(token, session_id) as transfer:
+            response.content_length = transfer.size
+            await response.prepare(request)
+            await transfer.run(response.write)
+    except RelayRefused as err:
+        if not response.prepared:
+            return _relay_error(err)
+        # Headers are out: cut the connection so that the browser sees a failed download.
+        log.warning("still relay for session %s cut: %s", session_id, err.refusal.value)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
 async def healthz(request: web.Request) -> web.StreamResponse:
     try:
         async with request.app[ENGINE].connect() as conn:
@@ -411,6 +498,8 @@ def create_app(config: ConsoleConfig, *, throttle: LoginThrottle | None = None) 
     # The __Host- prefix pins the cookie to this origin; browsers accept it only if Secure.
     app[COOKIE_NAME] = "__Host-ekichika_session" if config.secure_cookies else "ekichika_session"
     app[CSP] = content_security_policy(config)
+    app[STILL_RELAY] = StillRelay(wait_s=config.still_relay_wait_s)
+    app[BOOTH_THROTTLE] = LoginThrottle()
     app.cleanup_ctx.append(_database)
     app.on_response_prepare.append(_security_headers)
 
@@ -424,6 +513,10 @@ def create_app(config: ConsoleConfig, *, throttle: LoginThrottle | None = None) 
     app.router.add_post("/api/signaling-token", api_signaling_token)
     app.router.add_get("/api/documents/test-a4.pdf", api_test_a4_document)
     app.router.add_post("/api/sessions/{session_id}/stills", api_save_still)
+    app.router.add_get("/api/sessions/{session_id}/stills/relay/{token}", api_still_relay_download)
+    app.router.add_put(
+        BOOTH_API_PREFIX + "sessions/{session_id}/stills/relay/{token}", api_booth_still_upload
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
     return app

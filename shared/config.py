@@ -64,6 +64,8 @@ class ConsoleConfig(BaseSettings):
     token_ttl_s: float = 300
     session_ttl_s: float = 12 * 3600
     secure_cookies: bool = False  # set True behind HTTPS
+    # A document still's two ends (booth upload, staff download) wait this long for each other.
+    still_relay_wait_s: float = 20.0
     auto_migrate: bool = True
 
 
@@ -100,6 +102,10 @@ class BoothConfig(BaseSettings):
     booth_id: str
     credential: str = Field(min_length=8)
     server_url: str = "ws://127.0.0.1:8765/ws/booth"
+    # The HQ console as the booth reaches it (document stills go through its still relay;
+    # "": stills go on the call's data channel only).
+    console_url: str = ""
+    console_timeout_s: float = 120.0  # one upload to the console, end to end
     kiosk_host: str = "127.0.0.1"
     kiosk_port: int = 8081
     devices: DeviceConfig = DeviceConfig()

@@ -554,16 +554,26 @@ class CardReadFailed(Model):
     message: ShortText = ""  # for staff, in Japanese
 
 
-# Document camera stills (書画カメラ): full-resolution pictures of a document, sent booth →
-# staff on the same data channel. ``still_offer`` announces one still, then binary frames
-# carry its bytes (STILL_CHUNK_HEADER: the 16 bytes of ``still_id`` in hex, then the
-# 4-byte big-endian offset, then the data), then ``still_done``. Staff check size and
-# SHA-256 before showing it. Nothing of it passes through a server; the still is stored
-# only when the staff member saves it to the case.
+# Document camera stills (書画カメラ): full-resolution pictures of a document, booth → staff.
+# ``still_offer`` announces one still (size, SHA-256 of the JPEG, picture size) on the call's
+# data channel. Two ways carry the bytes:
+# * relay (when the booth knows the console's URL): the booth encrypts the JPEG with a fresh
+#   AES-256-GCM key, streams the ciphertext over HTTPS into the console's still relay, which
+#   hands it on to the staff member's download as it arrives and keeps nothing. The key, the
+#   nonce and the one-time relay token travel only in ``still_offer.relay``, on the data
+#   channel (DTLS, peer to peer): the server never sees the picture. The booth sends no
+#   ``still_done``; if the upload fails it sends ``still_offer`` again with the same
+#   ``still_id`` and no relay, and the data channel path follows.
+# * data channel: binary frames (STILL_CHUNK_HEADER: the 16 bytes of ``still_id`` in hex,
+#   then the 4-byte big-endian offset, then the data), then ``still_done``.
+# Staff check size and SHA-256 before showing it, and ignore a second offer for a still they
+# already have. The still is stored only when the staff member saves it to the case.
 STILL_ID_BYTES = 16
 STILL_CHUNK_HEADER = STILL_ID_BYTES + 4
 StillId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+RelayToken = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Base64Url = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=64)]
 
 
 class StillRequest(Model):
@@ -573,8 +583,16 @@ class StillRequest(Model):
     request_id: Ident
 
 
+class StillRelayTicket(Model):
+    """How to fetch and open a still from the console's still relay (see above)."""
+
+    token: RelayToken  # one-time: GET /api/sessions/{session_id}/stills/relay/{token}
+    key: Base64Url  # AES-256-GCM key, 32 bytes
+    nonce: Base64Url  # 12 bytes; the ciphertext is the JPEG's size plus a 16-byte tag
+
+
 class StillOffer(Model):
-    """Booth → staff: a still follows in binary frames (sent for every still taken)."""
+    """Booth → staff: a still follows, by relay or in binary frames (for every still)."""
 
     type: Literal["still_offer"] = "still_offer"
     still_id: StillId
@@ -585,6 +603,7 @@ class StillOffer(Model):
     width: Annotated[int, Field(gt=0, le=20000)]
     height: Annotated[int, Field(gt=0, le=20000)]
     mime: Literal["image/jpeg"] = "image/jpeg"
+    relay: StillRelayTicket | None = None  # None: binary frames on the data channel follow
 
 
 class StillDone(Model):

@@ -6,6 +6,8 @@
 * Booth credentials are long random secrets; only their SHA-256 is stored. (A fast hash
   is right for high-entropy machine secrets; human passwords use Argon2id.)
 * TURN REST credentials follow coturn's ``use-auth-secret`` scheme.
+* Sealed stills: a document still crosses the console's relay encrypted with AES-256-GCM
+  under a key used once, which only the two peers of the call know.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from shared.errors import AuthError
@@ -128,3 +132,39 @@ def ice_servers_for(
         username, password = turn_rest_credentials(turn_secret, user, ttl_s)
         servers.append(IceServer(urls=turn_urls, username=username, credential=password))
     return servers
+
+
+@dataclass(frozen=True)
+class SealedStill:
+    """A still encrypted for the relay: ``ciphertext`` is the plaintext's size + 16 bytes."""
+
+    ciphertext: bytes
+    key: bytes  # 32 bytes
+    nonce: bytes  # 12 bytes
+
+    @property
+    def key_b64(self) -> str:
+        return _b64(self.key)
+
+    @property
+    def nonce_b64(self) -> str:
+        return _b64(self.nonce)
+
+
+SEAL_TAG_BYTES = 16
+
+
+def seal_still(data: bytes) -> SealedStill:
+    """Encrypt ``data`` under a fresh AES-256-GCM key (never reuse it for anything else)."""
+    key = AESGCM.generate_key(bit_length=256)
+    nonce = secrets.token_bytes(12)
+    return SealedStill(AESGCM(key).encrypt(nonce, data, None), key, nonce)
+
+
+def open_still(ciphertext: bytes, key_b64: str, nonce_b64: str) -> bytes:
+    """Decrypt a sealed still; AuthError when the key, the nonce or a byte is wrong."""
+    try:
+        key, nonce = _unb64(key_b64), _unb64(nonce_b64)
+        return AESGCM(key).decrypt(nonce, ciphertext, None)
+    except (InvalidTag, ValueError) as err:
+        raise AuthError(ErrorCode.AUTH_FAILED, "the still does not open with its key") from err
