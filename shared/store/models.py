@@ -173,13 +173,26 @@ class DocumentStill(Base):
 
 
 class AuditRecord(Base):
-    """Who did what to which object, and when. Identifiers only, never personal data."""
+    """Who did what to which object, and when. Identifiers only, never personal data.
+
+    Append-only and hash-chained: ``hash`` is the SHA-256 of the record's canonical encoding
+    (every field, ``prev_hash`` included), ``prev_hash`` the hash of the record before it
+    (64 zeros for the first). Ids run 1, 2, 3... without gaps. Write only through
+    ``shared.store.audit.append_audit``; ``verify_audit_chain`` proves the chain."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_log_session", "session_id"),)
+    __table_args__ = (
+        Index("ix_audit_log_session", "session_id"),
+        # One successor per record: two appends that raced past the lock cannot fork the chain.
+        Index("ux_audit_log_prev_hash", "prev_hash", unique=True),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    staff_id: Mapped[str] = mapped_column(String(64))
-    action: Mapped[str] = mapped_column(String(32))  # e.g. "still_saved"
+    staff_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    booth_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))  # e.g. "still_saved", "login"
     session_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     object_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")  # canonical JSON
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
