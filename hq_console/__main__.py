@@ -3,6 +3,8 @@
 python -m hq_console [--config FILE]
 python -m hq_console add-staff --login L --name N --role hq|branch [--site S]
     [--skill dept:lang ...] [--password-stdin] [--config FILE | --database-url URL]
+python -m hq_console audit verify [--config FILE | --database-url URL] [--json]
+    walk the hash-chained audit log; exit 0 if intact, 1 with the first broken record
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import logging
 import re
 import sys
@@ -17,10 +20,12 @@ from collections.abc import Sequence
 
 from aiohttp import web
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.config import DEFAULT_DATABASE_URL, ConsoleConfig, load_config
 from shared.errors import ConfigError
 from shared.protocol import StaffRole
+from shared.store.audit import AuditVerification, verify_audit_chain
 from shared.store.db import create_engine, migrate, session_factory
 from shared.store.models import Department, Site, Staff
 from shared.store.seed import upsert_staff
@@ -55,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
+    audit = sub.add_parser("audit", help="the hash-chained audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="check every record's hash and link; report the first broken record"
+    )
+    verify.add_argument("--config", dest="sub_config", help="TOML configuration file")
+    verify.add_argument("--database-url", help="database URL (default: from the configuration)")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -152,6 +165,51 @@ def _add_staff_command(args: argparse.Namespace) -> int:
     return 0
 
 
+async def verify_audit(database_url: str) -> AuditVerification:
+    """Walk the audit chain of the database at ``database_url`` (read only, no migration)."""
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine)() as db:
+            return await verify_audit_chain(db)
+    finally:
+        await engine.dispose()
+
+
+def _audit_verify_command(args: argparse.Namespace) -> int:
+    try:
+        result = asyncio.run(verify_audit(_database_url(args)))
+    except (ConfigError, SQLAlchemyError) as err:
+        print(f"監査ログを読めません / cannot read the audit log: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "records_checked": result.records_checked,
+                    "first_broken_id": result.first_broken_id,
+                    "reason": None if result.reason is None else result.reason.value,
+                    "message": result.message,
+                    "last_hash": result.last_hash,
+                }
+            )
+        )
+    elif result.ok:
+        print(
+            f"監査ログ {result.records_checked} 件: 改ざんはありません / "
+            f"audit log: {result.records_checked} records, chain OK"
+            + (f" (last hash {result.last_hash})" if result.last_hash else "")
+        )
+    else:
+        assert result.reason is not None
+        print(
+            f"監査ログ: 記録 {result.first_broken_id} で連鎖が壊れています / "
+            f"audit log: chain broken at record {result.first_broken_id}: "
+            f"{result.reason.value} ({result.message})"
+        )
+    return 0 if result.ok else 1
+
+
 def _serve(config_path: str | None) -> int:
     from hq_console.app import create_app
 
@@ -170,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "add-staff":
         return _add_staff_command(args)
+    if args.command == "audit":
+        return _audit_verify_command(args)
     return _serve(args.config)
 
 

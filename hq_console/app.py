@@ -37,8 +37,9 @@ from hq_console import pages
 from hq_console.auth import (
     LoginThrottle,
     SignedInStaff,
-    authenticate,
+    check_login,
     open_session,
+    record_failed_login,
     resolve_session,
     revoke_session,
 )
@@ -48,8 +49,9 @@ from shared.config import ConsoleConfig
 from shared.documents import a4_test_document
 from shared.protocol import StaffRole
 from shared.security import issue_staff_token
+from shared.store.audit import append_audit
 from shared.store.db import create_engine, migrate, session_factory
-from shared.store.models import AuditRecord, CallSession, DocumentStill
+from shared.store.models import CallSession, DocumentStill
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +213,13 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
                 error=pages.LOGIN_THROTTLED, error_en=pages.LOGIN_THROTTLED_EN, login=login
             ),
         )
-    staff = await authenticate(request.app[SESSIONS], login, password) if login else None
+    check = await check_login(request.app[SESSIONS], login, password) if login else None
+    staff = check.staff if check is not None and check.ok else None
     if staff is None:
         throttle.record_failure(login)
         log.info("sign-in failed")
+        if check is not None:
+            await record_failed_login(request.app[SESSIONS], check)
         return web.Response(
             status=401,
             content_type="text/html",
@@ -350,6 +355,7 @@ async def api_save_still(request: web.Request) -> web.StreamResponse:
         if call is None or call.staff_id != staff.staff_id:
             log.warning("still refused: staff %s is not in session %s", staff.staff_id, session_id)
             return _json_error(403, "not_your_session", "not a session of this staff member")
+        booth_id = call.booth_id
     data = await _read_limited(request, MAX_STILL_BYTES)
     if data is None:
         return _json_error(413, "too_large", "the still is too large")
@@ -372,13 +378,14 @@ async def api_save_still(request: web.Request) -> web.StreamResponse:
                 data=data,
             )
         )
-        db.add(
-            AuditRecord(
-                staff_id=staff.staff_id,
-                action="still_saved",
-                session_id=session_id,
-                object_id=still_id,
-            )
+        await append_audit(
+            db,
+            action="still_saved",
+            staff_id=staff.staff_id,
+            booth_id=booth_id,
+            session_id=session_id,
+            object_id=still_id,
+            detail={"sha256": actual, "size": len(data)},
         )
     log.info("still %s saved to session %s by staff %s", still_id[:8], session_id, staff.staff_id)
     return web.json_response({"id": still_id, "sha256": actual, "size": len(data)}, status=201)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -52,7 +53,9 @@ async def _sato_session(console: Console) -> str:
 async def _counts(console: Console) -> tuple[int, int]:
     async with console.sessions() as db:
         stills = await db.scalar(select(func.count()).select_from(DocumentStill))
-        audits = await db.scalar(select(func.count()).select_from(AuditRecord))
+        audits = await db.scalar(
+            select(func.count()).select_from(AuditRecord).where(AuditRecord.action == "still_saved")
+        )
     return int(stills or 0), int(audits or 0)
 
 
@@ -110,7 +113,9 @@ async def test_only_the_sessions_staff_member_stores_a_matching_still(console: C
         still_id = body["id"]
     async with console.sessions() as db:
         stored = (await db.scalars(select(DocumentStill))).all()
-        audit = (await db.scalars(select(AuditRecord))).all()
+        audit = (
+            await db.scalars(select(AuditRecord).where(AuditRecord.action == "still_saved"))
+        ).all()
     assert len(stored) == 1 and len(audit) == 1
     assert stored[0].id == still_id and stored[0].session_id == session_id
     assert stored[0].staff_id == "sato" and stored[0].mime == "image/jpeg"
@@ -122,3 +127,5 @@ async def test_only_the_sessions_staff_member_stores_a_matching_still(console: C
         session_id,
         still_id,
     )
+    assert record.booth_id == "seiseki-1"
+    assert json.loads(record.detail) == {"sha256": sha, "size": len(jpeg)}
