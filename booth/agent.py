@@ -18,16 +18,16 @@ from collections.abc import Callable
 
 from booth.call import MEDIA_STATES, WAITING_STATES, CallState, RemoteCounterCall
 from booth.card_read import CardReadFlow
+from booth.console_client import ConsoleClient
 from booth.device_report import DeviceStatusReporter
 from booth.devices.hub import BoothDevices
-from booth.document_camera import DocumentCamera, open_document_camera
+from booth.document_camera import DocumentCamera
 from booth.document_still import DocumentStillFlow
 from booth.ice import restrict_host_addresses
 from booth.media import BoothMedia, FrameBuffer, open_media
 from booth.print_jobs import PRINT_MESSAGES, PrintJobFlow
 from booth.signaling_client import BoothSignalingClient
 from shared.config import BoothConfig, DeviceConfig
-from shared.errors import DeviceError
 from shared.kiosk_protocol import (
     BackToStartTouched,
     CancelTouched,
@@ -99,7 +99,18 @@ class BoothAgent:
         self.card_read = CardReadFlow(lambda: self.devices.card, on_change=self._publish)
         # The document camera (書画カメラ): the call's second video and its stills.
         self.document_camera: DocumentCamera | None = None  # opened by start()
-        self.stills = DocumentStillFlow(lambda: self.document_camera, on_change=self._publish)
+        # The HQ console's booth API (the still relay), when the booth knows the console.
+        self.console: ConsoleClient | None = None
+        if config.console_url:
+            self.console = ConsoleClient(
+                config.console_url,
+                config.booth_id,
+                config.credential,
+                timeout_s=config.console_timeout_s,
+            )
+        self.stills = DocumentStillFlow(
+            lambda: self.document_camera, console=self.console, on_change=self._publish
+        )
         # Print jobs HQ sends during a call, into the print spool (booth/print_jobs.py).
         self.printing = PrintJobFlow(lambda: self.devices.spool)
 
@@ -117,12 +128,9 @@ class BoothAgent:
             self.media = open_media(self.config.devices, caption=caption)
         for line in self.media.describe():
             logger.info("booth %s: %s", self.config.booth_id, line)
-        try:
-            self.document_camera = open_document_camera(self.config.devices)
-            logger.info("booth %s: %s", self.config.booth_id, self.document_camera.description)
-        except DeviceError as err:
-            logger.warning("booth %s: no document camera: %s", self.config.booth_id, err)
         await self.devices.start()
+        # The device hub owns the document camera (its state goes to the branch board).
+        self.document_camera = self.devices.document_camera
         for status in self.devices.statuses():
             logger.info(
                 "booth %s: %s %s: %s",
@@ -151,6 +159,8 @@ class BoothAgent:
             self._ended_timer.cancel()
         await self.card_read.aclose()
         await self.stills.aclose()
+        if self.console is not None:
+            await self.console.aclose()
         await self.printing.aclose()
         if self.call is not None:
             await self.call.aclose()

@@ -1,11 +1,19 @@
-"""Document camera stills during a call, sent to staff on the call's data channel.
+"""Document camera stills during a call, sent to the staff member of the call.
 
 Staff ask with ``still_request``; the resident asks with the kiosk's 書類を撮影 button. Each
-still goes to staff as ``still_offer`` (size, SHA-256, picture size), the JPEG bytes in
-binary frames (:func:`still_frames`), then ``still_done``. The data channel is the call's
-DTLS connection, peer to peer: the still never passes through or rests on a server, and
-only the staff member in this call receives it. Stills are sent one at a time, in the order
-asked for; the booth keeps nothing after sending.
+still is announced with ``still_offer`` (size, SHA-256, picture size) on the call's data
+channel, then its bytes go one of two ways (see ``shared.protocol``):
+
+* relay, when the booth knows the console (``console_url``): the JPEG sealed with a fresh
+  AES-256-GCM key (:func:`shared.security.seal_still`), whose key and one-time token travel
+  only in the offer, is uploaded over HTTPS to the console's still relay, which streams it
+  to the staff member's page and keeps nothing. TCP keeps its pace on a lossy station link,
+  where the data channel's SCTP falls to a fraction of it.
+* the data channel: binary frames (:func:`still_frames`), then ``still_done``; also the
+  fallback when the relay fails (the offer is sent again without ``relay``).
+
+Only the staff member in this call can open the still. Stills are sent one at a time, in
+the order asked for; the booth keeps nothing after sending.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Final, Protocol
 
 from aiortc import RTCDataChannel
 
+from booth.console_client import ConsoleClient, ConsoleUnavailable
 from booth.document_camera import DocumentCamera, DocumentStill
 from shared.errors import DeviceError
 from shared.protocol import (
@@ -29,8 +38,10 @@ from shared.protocol import (
     StillDone,
     StillFailed,
     StillOffer,
+    StillRelayTicket,
     StillRequest,
 )
+from shared.security import seal_still
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +54,9 @@ _HIGH_WATER: Final = 64 * 1024
 
 class StillChannel(Protocol):
     """The call's data channel as this flow uses it."""
+
+    @property
+    def session_id(self) -> str | None: ...
 
     def send_peer_data(self, message: Model) -> bool: ...
 
@@ -110,12 +124,15 @@ class DocumentStillFlow:
         self,
         camera: Callable[[], DocumentCamera | None],
         *,
+        console: ConsoleClient | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self._camera = camera
+        self._console = console
         self._on_change = on_change
         self.state = StillState.IDLE
         self.sent = 0  # stills sent in this run
+        self.relayed = 0  # of them, through the console's still relay
         self._channel: StillChannel | None = None
         self._queue: asyncio.Queue[tuple[str | None, str]] = asyncio.Queue(maxsize=8)
         self._task: asyncio.Task[None] | None = None
@@ -200,9 +217,22 @@ class DocumentStillFlow:
             return
         self._set(StillState.SENDING)
         offer = offer_for(still, request_id=request_id, origin=origin)
-        await send_still(channel, offer, still.jpeg)
+        session_id = channel.session_id
+        how = "data channel"
+        if (
+            self._console is not None
+            and session_id is not None
+            and await relay_still(channel, self._console, session_id, offer, still.jpeg)
+        ):
+            how = "relay"
+            self.relayed += 1
+        if how != "relay" and not await send_still(channel, offer, still.jpeg):
+            logger.warning("still %s not sent: the data channel closed", offer.still_id[:8])
+            return
         self.sent += 1
-        logger.info("still %s sent (%d bytes, %s)", offer.still_id[:8], offer.size, origin)
+        logger.info(
+            "still %s sent by %s (%d bytes, %s)", offer.still_id[:8], how, offer.size, origin
+        )
 
 
 async def send_still(channel: StillChannel, offer: StillOffer, data: bytes) -> bool:
@@ -216,3 +246,24 @@ async def send_still(channel: StillChannel, offer: StillOffer, data: bytes) -> b
         if not channel.send_peer_bytes(frame):
             return False
     return channel.send_peer_data(StillDone(still_id=offer.still_id))
+
+
+async def relay_still(
+    channel: StillChannel, console: ConsoleClient, session_id: str, offer: StillOffer, data: bytes
+) -> bool:
+    """Send the still through the console's still relay (see the module docstring); False
+    when that failed and the data channel should carry it instead."""
+    sealed = await asyncio.to_thread(seal_still, data)
+    ticket = StillRelayTicket(
+        token=secrets.token_hex(32), key=sealed.key_b64, nonce=sealed.nonce_b64
+    )
+    if not channel.send_peer_data(offer.model_copy(update={"relay": ticket})):
+        return False
+    try:
+        await console.upload_still(session_id, ticket.token, sealed.ciphertext)
+    except ConsoleUnavailable as err:
+        logger.warning(
+            "still %s: relay failed (%s), sending on the data channel", offer.still_id[:8], err
+        )
+        return False
+    return True

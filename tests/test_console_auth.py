@@ -40,7 +40,11 @@ class Console:
 
 
 async def _start(
-    tmp_path: Path, *, throttle: LoginThrottle | None = None, secure: bool = False
+    tmp_path: Path,
+    *,
+    throttle: LoginThrottle | None = None,
+    secure: bool = False,
+    still_relay_wait_s: float = 20.0,
 ) -> AsyncIterator[Console]:
     url = f"sqlite+aiosqlite:///{tmp_path}/console.sqlite3"
     await migrate(url)
@@ -53,6 +57,7 @@ async def _start(
         signaling_url=SIGNALING_URL,
         token_ttl_s=120,
         secure_cookies=secure,
+        still_relay_wait_s=still_relay_wait_s,
     )
     runner = web.AppRunner(create_app(config, throttle=throttle))
     await runner.setup()

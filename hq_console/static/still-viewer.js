@@ -2,16 +2,20 @@
 //
 // 書類を撮影 sends still_request on the call's data channel (channel "peer_data" of
 // protocol.schema.json). The booth answers every still — asked for here or by the resident
-// on the kiosk — with still_offer (size, SHA-256, picture size), binary frames (16 bytes of
-// still_id, a 4-byte big-endian offset, the data) and still_done, or still_failed. The page
-// assembles the bytes, checks size and SHA-256 with crypto.subtle and only then shows the
-// JPEG. The still lives in this page's memory only: 破棄 drops it, 保存 sends it to the
+// on the kiosk — with still_offer (size, SHA-256, picture size), or still_failed. When the
+// offer carries "relay", the page downloads the sealed still from the console's still relay
+// (GET /api/sessions/{id}/stills/relay/{token}) and opens it with the offer's AES-GCM key;
+// otherwise binary frames follow (16 bytes of still_id, a 4-byte big-endian offset, the
+// data) and still_done. A second offer for the same still (the booth's fallback after a
+// failed relay upload) switches to the frames. The page checks size and SHA-256 with
+// crypto.subtle and only then shows the JPEG. The still lives in this page's memory only: 破棄 drops it, 保存 sends it to the
 // console server, which stores it with the call session (POST /api/sessions/{id}/stills).
 // console.js tells this module about the call with "ekichika:*" events on document and
 // sends frames for it with window.ekichika.sendPeerData.
 
 const ID_BYTES = 16; // shared.protocol.STILL_ID_BYTES
 const HEADER_BYTES = ID_BYTES + 4; // shared.protocol.STILL_CHUNK_HEADER
+const SEAL_TAG_BYTES = 16; // shared.security.SEAL_TAG_BYTES (AES-GCM tag)
 const CORRUPT = "画像が壊れています。もう一度撮影してください";
 const ZOOM_MIN = 0.25;
 const ZOOM_MAX = 8;
@@ -47,6 +51,7 @@ window.ekichikaStill = {
       naturalWidth: img ? img.naturalWidth : 0,
       naturalHeight: img ? img.naturalHeight : 0,
       savedId: s.savedId,
+      relayed: Boolean(s.offer.relay),
     };
   },
   get view() {
@@ -146,9 +151,77 @@ function takeStill() {
 }
 
 function onOffer(offer) {
-  viewer.incoming = { offer, bytes: new Uint8Array(offer.size), received: 0, broken: false };
+  if (viewer.still && viewer.still.offer.still_id === offer.still_id) return; // already here
+  const previous = viewer.incoming;
+  if (previous && previous.abort) previous.abort.abort();
+  const incoming = { offer, bytes: new Uint8Array(offer.size), received: 0, broken: false };
+  viewer.incoming = incoming;
   setStatus(offer.origin === "resident" ? "利用者が撮影した画像を受信しています…" : "受信しています…");
   render();
+  if (offer.relay && viewer.call) {
+    fetchRelayed(incoming, viewer.call.sessionId).catch((err) => {
+      if (viewer.incoming !== incoming || (err && err.name === "AbortError")) return;
+      if (err instanceof SealError) {
+        viewer.incoming = null;
+        setStatus(`${CORRUPT} (${err.message})`, "error");
+        render();
+        return;
+      }
+      // The booth sends the still again on the data channel when its upload fails.
+      setStatus("中継での受信に失敗しました。データ接続で受け取り直しています…");
+    });
+  }
+}
+
+class SealError extends Error {}
+
+function unb64url(text) {
+  const b64 = text.replace(/-/g, "+").replace(/_/g, "/");
+  return Uint8Array.from(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)), (c) => c.charCodeAt(0));
+}
+
+// Download the sealed still from the console's still relay and open it with the offer's key.
+async function fetchRelayed(incoming, sessionId) {
+  const offer = incoming.offer;
+  incoming.abort = new AbortController();
+  const url = `/api/sessions/${encodeURIComponent(sessionId)}/stills/relay/${offer.relay.token}`;
+  const response = await fetch(url, {
+    credentials: "same-origin",
+    cache: "no-store",
+    signal: incoming.abort.signal,
+  });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  const total = offer.size + SEAL_TAG_BYTES;
+  const sealed = new Uint8Array(total);
+  let received = 0;
+  const reader = response.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (received + value.length > total) throw new SealError("長さが違います");
+    sealed.set(value, received);
+    received += value.length;
+    if (viewer.incoming === incoming) {
+      setStatus(`受信しています… ${Math.floor((100 * received) / total)}%`);
+    }
+  }
+  if (received !== total) throw new Error("download ended early");
+  let plain;
+  try {
+    const key = await crypto.subtle.importKey("raw", unb64url(offer.relay.key), "AES-GCM", false, [
+      "decrypt",
+    ]);
+    const iv = unb64url(offer.relay.nonce);
+    plain = new Uint8Array(await crypto.subtle.decrypt({ name: "AES-GCM", iv }, key, sealed));
+  } catch {
+    throw new SealError("暗号を解けません");
+  }
+  if (viewer.incoming !== incoming) return;
+  incoming.abort = null;
+  if (plain.length !== offer.size) throw new SealError("長さが違います");
+  incoming.bytes = plain;
+  incoming.received = plain.length;
+  await onDone({ still_id: offer.still_id });
 }
 
 function onBinary(data) {
@@ -377,6 +450,7 @@ document.addEventListener("ekichika:call-ended", (event) => {
   if (!viewer.call || event.detail.sessionId !== viewer.call.sessionId) return;
   viewer.call = null;
   viewer.open = false;
+  if (viewer.incoming && viewer.incoming.abort) viewer.incoming.abort.abort();
   viewer.incoming = null;
   $("still-panel").dataset.call = "ended";
   render();

@@ -1,0 +1,66 @@
+"""The booth's HTTP client of the HQ console's booth API (``/api/booth/...``).
+
+Signed with HTTP Basic: the booth id and the booth's credential (the one it uses with
+signaling). Errors become :class:`ConsoleUnavailable` with the console's error code, so that
+callers can fall back or tell the resident; nothing personal is logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+
+class ConsoleUnavailable(Exception):
+    """The console could not be reached or refused the request (``code``: its error code,
+    ``status``: the HTTP status, 0 when there was no answer)."""
+
+    def __init__(self, message: str, *, code: str = "unreachable", status: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class ConsoleClient:
+    """One per booth agent; ``aclose()`` when done (idempotent)."""
+
+    def __init__(self, base_url: str, booth_id: str, credential: str, *, timeout_s: float) -> None:
+        self.base_url = base_url.rstrip("/")
+        pair = f"{booth_id}:{credential}".encode()
+        self._headers = {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10)
+        self._http: aiohttp.ClientSession | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self._http
+
+    async def upload_still(self, session_id: str, token: str, sealed: bytes) -> int:
+        """Stream a sealed still into the console's still relay; the bytes it relayed."""
+        url = f"{self.base_url}/api/booth/sessions/{session_id}/stills/relay/{token}"
+        try:
+            async with self._session().put(
+                url, data=io.BytesIO(sealed), headers={"Content-Type": "application/octet-stream"}
+            ) as response:
+                body = await response.json(content_type=None)
+                if response.status != 200:
+                    code = str(body.get("error", "error")) if isinstance(body, dict) else "error"
+                    raise ConsoleUnavailable(
+                        f"the console refused the still ({response.status} {code})",
+                        code=code,
+                        status=response.status,
+                    )
+                return int(body["bytes"])
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as err:
+            raise ConsoleUnavailable(f"the console is unreachable: {err!r}") from err
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
