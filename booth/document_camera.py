@@ -11,7 +11,13 @@ One small interface (:class:`DocumentCamera`) with a simulator and a real device
   and the still number printed in the margin, so that every still differs.
 * ``v4l2:/dev/videoN`` — the camera opened by :func:`booth.media.open_camera` (PyAV, or
   ``ffmpeg`` when PyAV lacks V4L2). A still is the newest frame of that stream, encoded as
-  JPEG at the stream's resolution.
+  JPEG at the stream's resolution. A camera that is unplugged is opened again when it comes
+  back.
+
+:class:`DocumentCameraOwner` is the one owner of the camera (see :mod:`booth.devices`): it
+serialises stills, publishes the camera's state (``ready``, ``busy`` while a still is taken,
+``offline`` when the device is gone, ``error`` when it sends no picture, with the reason in
+Japanese) and checks the camera when asked (the device hub does so periodically).
 
 JPEG encoding and page rendering are CPU work and run in a thread, never on the event loop.
 """
@@ -22,6 +28,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,14 +36,17 @@ from typing import Final, Protocol
 
 import numpy as np
 from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 from PIL import Image, ImageDraw
 
+from booth.devices.base import DeviceKind, DeviceOwner, DeviceState
 from booth.media import (
     STAMP_HEIGHT,
     STAMP_WIDTH,
     ByteArray,
     StampedVideoTrack,
+    VideoSource,
     _caption_font,
     draw_stamp,
     open_camera,
@@ -70,6 +80,24 @@ class DocumentCamera(Protocol):
     async def still(self) -> DocumentStill: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class CameraCondition:
+    """What a document camera driver says about itself; ``reason`` is Japanese, for the
+    branch board, and never holds personal data."""
+
+    state: DeviceState
+    reason: str | None = None
+
+
+CAMERA_READY: Final = CameraCondition(DeviceState.READY)
+
+
+class DocumentCameraDriver(DocumentCamera, Protocol):
+    """A document camera that can say whether it works (:class:`DocumentCameraOwner`)."""
+
+    async def condition(self) -> CameraCondition: ...
 
 
 # --------------------------------------------------------------------------------------
@@ -230,6 +258,7 @@ class SimulatedDocumentCamera:
         self.width, self.height, self.fps = width, height, fps
         self.description = f"simulated document camera {width}x{height}@{fps}, stills 3508x2480"
         self.stills_taken = 0
+        self._condition = CAMERA_READY
         self._next_frame = 50_000_000  # stamps apart from the face camera's
         self._tracks: list[DocumentVideoTrack] = []
         _page_frame(width - width % 2, height - height % 2)  # render the page now, once
@@ -247,7 +276,17 @@ class SimulatedDocumentCamera:
         self._tracks.append(track)
         return track
 
+    def simulate(self, state: DeviceState, reason: str | None = None) -> None:
+        """Put the simulated camera into ``state`` (demo: unplugged, no picture): stills
+        fail with ``reason`` until it is ``ready`` again."""
+        self._condition = CameraCondition(state, reason)
+
+    async def condition(self) -> CameraCondition:
+        return self._condition
+
     async def still(self) -> DocumentStill:
+        if self._condition.state is not DeviceState.READY:
+            raise DeviceError(self._condition.reason or self._condition.state.value)
         self.stills_taken += 1
         return await asyncio.to_thread(render_still, self.stills_taken)
 
@@ -257,15 +296,85 @@ class SimulatedDocumentCamera:
         self._tracks.clear()
 
 
-class DeviceDocumentCamera:
-    """A real document camera on V4L2; a still is the newest frame as JPEG."""
+class _NoPictureTrack(MediaStreamTrack):
+    """The document track of a call while the camera cannot be opened: it ends at once
+    (the call goes on without the document picture)."""
 
-    def __init__(self, spec: str, width: int, height: int, fps: int) -> None:
-        self._source = open_camera(spec, width, height, fps)
-        self.description = f"document {self._source.description}"
+    kind = "video"
+
+    async def recv(self) -> VideoFrame:
+        raise MediaStreamError
+
+
+class DeviceDocumentCamera:
+    """A real document camera on V4L2; a still is the newest frame as JPEG.
+
+    The device is opened when this is created and, if it was missing or has been unplugged,
+    again when it is back (:meth:`condition`, :meth:`track`, :meth:`still`)."""
+
+    def __init__(
+        self, spec: str, width: int, height: int, fps: int, *, frame_timeout_s: float = 10.0
+    ) -> None:
+        self.spec = spec
+        self.path = spec.partition(":")[2]
+        self.width, self.height, self.fps = width, height, fps
+        self.frame_timeout_s = frame_timeout_s
+        self.description = f"document camera {spec} {width}x{height}@{fps}"
+        self._source: VideoSource | None = None
+        self._open_failure: str | None = None
+        self._source_or_none()
+
+    def _source_or_none(self) -> VideoSource | None:
+        """The open camera, opening it if needed; None (the reason kept) if it cannot be."""
+        if self._source is None:
+            try:
+                self._source = open_camera(self.spec, self.width, self.height, self.fps)
+            except DeviceError as err:
+                self._open_failure = err.reason
+                return None
+            self._open_failure = None
+        return self._source
+
+    def _missing(self) -> CameraCondition | None:
+        if os.path.exists(self.path):
+            return None
+        return CameraCondition(
+            DeviceState.OFFLINE,
+            f"書画カメラ（{self.path}）が見つかりません。USBケーブルを確認してください",
+        )
+
+    def _cannot_open(self) -> CameraCondition:
+        return CameraCondition(
+            DeviceState.ERROR, f"書画カメラを開けません（{self._open_failure or self.spec}）"
+        )
+
+    async def condition(self) -> CameraCondition:
+        """Whether the camera is there and delivers. While it works nothing is read (the
+        camera light stays off between calls); after ffmpeg failed, one frame is read to
+        see whether the camera is back."""
+        missing = self._missing()
+        if missing is not None:
+            await self._drop_source()  # opened afresh when the device is back
+            return missing
+        source = self._source_or_none()
+        if source is None:
+            return self._cannot_open()
+        failure = getattr(source, "failure", None)
+        if not isinstance(failure, DeviceError):
+            return CAMERA_READY
+        if getattr(source, "pid", None) is not None:  # a call reads it and ffmpeg runs again
+            return CAMERA_READY
+        try:
+            await self._frame()
+        except DeviceError as err:
+            return _no_picture(err)
+        return CAMERA_READY
 
     def track(self) -> MediaStreamTrack:
-        return self._source.track()
+        source = None if self._missing() is not None else self._source_or_none()
+        if source is None:
+            return _NoPictureTrack()
+        return source.track()
 
     async def still(self) -> DocumentStill:
         frame = await self._frame()
@@ -273,13 +382,20 @@ class DeviceDocumentCamera:
         data = await asyncio.to_thread(encode_jpeg, image)
         return DocumentStill(data, image.width, image.height)
 
-    async def _frame(self, timeout_s: float = 10.0) -> VideoFrame:
-        still = getattr(self._source, "still", None)
+    async def _frame(self) -> VideoFrame:
+        missing = self._missing()
+        if missing is not None:
+            raise DeviceError(missing.reason or "")
+        source = self._source_or_none()
+        if source is None:
+            raise DeviceError(self._cannot_open().reason or "")
+        timeout_s = self.frame_timeout_s
+        still = getattr(source, "still", None)
         if still is not None:  # FfmpegCamera keeps the newest frame
             frame = await still(timeout_s)
             assert isinstance(frame, VideoFrame)
             return frame
-        track = self._source.track()
+        track = source.track()
         try:
             async with asyncio.timeout(timeout_s):
                 while True:
@@ -288,24 +404,99 @@ class DeviceDocumentCamera:
                         return got
         except TimeoutError as err:
             raise DeviceError(
-                "the document camera sends no picture — check its cable and light"
+                "書画カメラから映像が届きません。ケーブルと照明を確認してください"
             ) from err
+        except MediaStreamError as err:
+            raise DeviceError("書画カメラの映像が途切れました。ケーブルを確認してください") from err
         finally:
             track.stop()
 
+    async def _drop_source(self) -> None:
+        source, self._source = self._source, None
+        if source is not None:
+            with contextlib.suppress(Exception):
+                await source.aclose()
+
     async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._source.aclose()
+        await self._drop_source()
 
 
-def open_document_camera(devices: DeviceConfig) -> DocumentCamera:
-    """The document camera of ``devices.document_camera``. Raises DeviceError."""
+def _no_picture(err: DeviceError) -> CameraCondition:
+    if err.reason.startswith("書画カメラ"):
+        return CameraCondition(DeviceState.ERROR, err.reason)
+    return CameraCondition(DeviceState.ERROR, f"書画カメラから映像が届きません（{err.reason}）")
+
+
+class DocumentCameraOwner(DeviceOwner[DocumentCameraDriver]):
+    """The one owner of the document camera: takes stills one at a time and publishes the
+    camera's state. It is itself a :class:`DocumentCamera` (what a call and the still flow
+    use)."""
+
+    def __init__(self, driver: DocumentCameraDriver) -> None:
+        super().__init__(DeviceKind.DOCUMENT_CAMERA, driver.description, driver)
+        self.description = driver.description
+        self._closed = False
+
+    def track(self) -> MediaStreamTrack:
+        return self.driver.track()
+
+    async def still(self) -> DocumentStill:
+        """One full-resolution still; ``busy`` while it is taken. Raises DeviceError with
+        the reason (also published as the camera's state)."""
+        if self._closed:
+            raise DeviceError("書画カメラは停止しています")
+        return await self.use(self._take_still)
+
+    async def _take_still(self, driver: DocumentCameraDriver) -> DocumentStill:
+        if self.status.failed:  # is it back? (a failed camera does not flicker to busy)
+            condition = await driver.condition()
+            self.set_state(condition.state, condition.reason)
+            if condition.state is not DeviceState.READY:
+                raise DeviceError(condition.reason or condition.state.value)
+        self.set_state(DeviceState.BUSY)
+        try:
+            still = await driver.still()
+        except DeviceError as err:
+            condition = await driver.condition()
+            if condition.state is DeviceState.READY:  # the camera is there, the still failed
+                condition = _no_picture(err)
+            self.set_state(condition.state, condition.reason)
+            raise DeviceError(condition.reason or err.reason) from err
+        except BaseException:
+            self.set_state(DeviceState.READY)
+            raise
+        self.set_state(DeviceState.READY)
+        return still
+
+    async def check(self) -> None:
+        """Ask the camera whether it works and publish the answer (a camera taking a still
+        is left alone)."""
+        if self._closed or self.in_use:
+            return
+        try:
+            condition = await self.use(lambda d: d.condition())
+        except DeviceError as err:
+            condition = _no_picture(err)
+        if not self._closed:
+            self.set_state(condition.state, condition.reason)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.driver.aclose()
+
+
+def open_document_camera(devices: DeviceConfig) -> DocumentCameraDriver:
+    """The document camera of ``devices.document_camera``. Raises DeviceError for a spec
+    it does not understand; a v4l2 camera that is missing is opened when it comes."""
     spec = devices.document_camera
     w, h, fps = devices.document_width, devices.document_height, devices.document_fps
     if spec == "simulated":
         return SimulatedDocumentCamera(w, h, fps)
-    if spec.startswith("v4l2:"):
+    if spec.startswith("v4l2:") and len(spec) > len("v4l2:"):
         return DeviceDocumentCamera(spec, w, h, fps)
     raise DeviceError(
-        f"document camera {spec!r}: unknown kind — use 'simulated' or 'v4l2:/dev/videoN'"
+        f"書画カメラの設定 {spec!r} がわかりません。'simulated' か 'v4l2:/dev/videoN' を"
+        "指定してください"
     )

@@ -2,11 +2,14 @@
 
 A booth sends ``device_status``; the branch staff of its site get it in their ``booths``
 snapshot, a change is pushed, the last report survives the booth going offline, a failure
-is logged once and its recovery once, and an invalid report is refused.
+is logged once and its recovery once, and an invalid report is refused. A real booth agent
+reports its simulated devices, including the document camera (busy while a still is taken,
+unplugged and back), and a v4l2 document camera that is missing or that ffmpeg cannot read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import UTC, datetime
@@ -17,6 +20,8 @@ import pytest
 from booth.agent import BoothAgent
 from booth.devices.base import DeviceState
 from booth.devices.printing import SimulatedReceiptPrinter
+from booth.document_camera import DocumentCameraOwner, SimulatedDocumentCamera
+from shared.errors import DeviceError
 from shared.protocol import (
     BoothsSnapshot,
     BoothState,
@@ -67,6 +72,14 @@ async def booth_status(staff: StaffClient, booth_id: str, predicate: object) -> 
 
 def receipt_of(status: BoothStatus) -> DeviceReport | None:
     return next((d for d in status.devices if d.kind == "receipt_printer"), None)
+
+
+def document_camera_of(status: BoothStatus) -> DeviceReport | None:
+    return next((d for d in status.devices if d.kind == "document_camera"), None)
+
+
+def document_camera_is(state: str) -> object:
+    return lambda s: (d := document_camera_of(s)) is not None and d.state == state
 
 
 async def test_device_report_reaches_the_branch_board_and_changes_are_pushed(
@@ -232,6 +245,7 @@ async def test_booth_agent_reports_its_devices_and_a_printer_running_out_of_pape
                 status = await booth_status(branch, "seiseki-1", lambda s: s.devices)
                 assert [(d.kind, d.state) for d in status.devices] == [
                     ("card_reader", "card_present"),  # the simulator holds a demo card
+                    ("document_camera", "ready"),
                     ("receipt_printer", "ready"),
                     ("a4_printer", "ready"),
                     ("camera", "ready"),
@@ -263,5 +277,135 @@ async def test_booth_agent_reports_its_devices_and_a_printer_running_out_of_pape
                     branch, "seiseki-1", lambda s: (r := receipt_of(s)) and r.state == "ready"
                 )
                 assert agent.device_reporter.sent == sent + 1
+            finally:
+                await agent.aclose()
+
+
+UNPLUGGED_REASON = "書画カメラ（/dev/video2）が見つかりません。USBケーブルを確認してください"
+
+
+async def test_document_camera_state_reaches_staff_busy_unplugged_and_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="booth.devices.base")
+    caplog.set_level(logging.INFO, logger="signaling.server")
+    async with running_signaling(tmp_path) as sig:
+        agent = BoothAgent(
+            booth_config(sig, tmp_path, document_width=320, document_height=240, document_fps=10)
+        )
+        async with connect_staff(sig.ws_url, sig.staff_token("takahashi")) as branch:
+            try:
+                await agent.start()
+                status = await booth_status(branch, "seiseki-1", lambda s: s.devices)
+                camera_report = document_camera_of(status)
+                assert camera_report is not None
+                assert (camera_report.state, camera_report.name, camera_report.reason) == (
+                    "ready",
+                    "simulated document camera 320x240@10, stills 3508x2480",
+                    None,
+                )
+                # The agent's document camera (calls and stills use it) is the hub's owner.
+                camera = agent.devices.document_camera
+                assert isinstance(camera, DocumentCameraOwner)
+                assert agent.document_camera is camera
+                assert isinstance(camera.driver, SimulatedDocumentCamera)
+
+                # A full-resolution still: busy while it is taken, ready afterwards.
+                taking = asyncio.create_task(camera.still())
+                await booth_status(branch, "seiseki-1", document_camera_is("busy"))
+                still = await taking
+                assert (still.width, still.height) == (3508, 2480)
+                assert still.jpeg[:2] == b"\xff\xd8"
+                await booth_status(branch, "seiseki-1", document_camera_is("ready"))
+
+                # Unplugged: the next check reports it, with the reason in Japanese; a
+                # second check changes nothing (no report, no second log line).
+                camera.driver.simulate(DeviceState.OFFLINE, UNPLUGGED_REASON)
+                await agent.devices.check_document_camera()
+                await agent.devices.check_document_camera()
+                status = await booth_status(branch, "seiseki-1", document_camera_is("offline"))
+                report_ = document_camera_of(status)
+                assert report_ is not None and report_.reason == UNPLUGGED_REASON
+                await branch.expect_none(BoothsSnapshot, within=0.4)
+
+                # A still asked for meanwhile fails with the same reason; nothing is taken.
+                with pytest.raises(DeviceError, match="見つかりません"):
+                    await camera.still()
+                assert camera.driver.stills_taken == 1
+                assert camera.status.state is DeviceState.OFFLINE
+
+                # Plugged in again: ready, and stills work again.
+                camera.driver.simulate(DeviceState.READY)
+                await agent.devices.check_document_camera()
+                status = await booth_status(branch, "seiseki-1", document_camera_is("ready"))
+                report_ = document_camera_of(status)
+                assert report_ is not None and report_.reason is None
+                assert (await camera.still()).width == 3508
+                assert camera.driver.stills_taken == 2
+            finally:
+                await agent.aclose()
+            await agent.aclose()  # idempotent
+            assert camera._closed
+
+    name = "simulated document camera 320x240@10, stills 3508x2480"
+    booth_lines = [r.getMessage() for r in caplog.records if r.name == "booth.devices.base"]
+    assert [line for line in booth_lines if line.startswith("document_camera")] == [
+        f"document_camera {name}: offline ({UNPLUGGED_REASON})",
+        f"document_camera {name}: recovered (ready)",
+    ]
+    server_lines = [r.getMessage() for r in caplog.records if r.name == "signaling.server"]
+    assert [line for line in server_lines if "document_camera" in line] == [
+        f"booth seiseki-1: document_camera {name} offline ({UNPLUGGED_REASON})",
+        f"booth seiseki-1: document_camera {name} recovered (ready)",
+    ]
+
+
+async def test_v4l2_document_camera_missing_then_unreadable_is_reported(tmp_path: Path) -> None:
+    """A v4l2 document camera whose device node is missing is reported offline; a node that
+    ffmpeg cannot read as a camera (a plain file here) gives an error with ffmpeg's reason
+    once a still is asked for; gone again, offline again."""
+    device = tmp_path / "video7"
+    async with running_signaling(tmp_path) as sig:
+        agent = BoothAgent(
+            booth_config(
+                sig,
+                tmp_path,
+                document_camera=f"v4l2:{device}",
+                document_width=320,
+                document_height=240,
+                document_fps=10,
+            )
+        )
+        async with connect_staff(sig.ws_url, sig.staff_token("takahashi")) as branch:
+            try:
+                await agent.start()
+                status = await booth_status(branch, "seiseki-1", document_camera_is("offline"))
+                report_ = document_camera_of(status)
+                assert report_ is not None
+                assert report_.name == f"document camera v4l2:{device} 320x240@10"
+                assert report_.reason == (
+                    f"書画カメラ（{device}）が見つかりません。USBケーブルを確認してください"
+                )
+                camera = agent.document_camera
+                assert isinstance(camera, DocumentCameraOwner)
+                # A call made now gets a document track that ends at once.
+                track = camera.track()
+                assert track.kind == "video"
+
+                device.write_bytes(b"not a camera")
+                await agent.devices.check_document_camera()
+                await booth_status(branch, "seiseki-1", document_camera_is("ready"))
+                with pytest.raises(DeviceError) as failed:
+                    await camera.still()
+                status = await booth_status(branch, "seiseki-1", document_camera_is("error"))
+                report_ = document_camera_of(status)
+                assert report_ is not None and report_.reason is not None
+                assert report_.reason.startswith("書画カメラから映像が届きません（")
+                assert str(device) in report_.reason  # ffmpeg's own line names the device
+                assert failed.value.reason == report_.reason
+
+                device.unlink()
+                await agent.devices.check_document_camera()
+                await booth_status(branch, "seiseki-1", document_camera_is("offline"))
             finally:
                 await agent.aclose()

@@ -98,6 +98,12 @@ class DeviceOwner(Generic[D]):
     def status(self) -> DeviceStatus:
         return self._status
 
+    @property
+    def in_use(self) -> bool:
+        """Whether an operation holds the device now (a print job waiting in CUPS, a still
+        being taken): a status poll then leaves the device alone."""
+        return self._lock.locked()
+
     def add_listener(self, listener: StatusListener) -> None:
         self._listeners.append(listener)
 

@@ -1,9 +1,14 @@
 """All devices of one booth, opened from the configuration, with one status feed.
 
-The agent owns one :class:`BoothDevices`: the card reader, the receipt and A4 printers
-and the durable print spool in front of them. A device that cannot be opened does not
-stop the booth: its owner starts in ``offline``/``error`` with the reason, so the kiosk,
-the branch board and ``python -m booth doctor`` can say what is wrong.
+The agent owns one :class:`BoothDevices`: the card reader, the document camera, the
+receipt and A4 printers and the durable print spool in front of them. A device that cannot
+be opened does not stop the booth: its owner starts in ``offline``/``error`` with the
+reason, so the kiosk, the branch board and ``python -m booth doctor`` can say what is wrong.
+
+Besides opening and closing them, the hub runs the devices' housekeeping while the booth
+runs: it asks idle printers and the document camera for their condition now and then, and
+drops the documents of finished print jobs from the spool once they are older than the
+retention time (they may hold personal data; only a reprint needs them).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from booth.devices.base import DeviceKind, DeviceOwner, DeviceState, DeviceStatus
 from booth.devices.card import CardReaderOwner, open_card_reader
@@ -21,6 +26,7 @@ from booth.devices.printing import (
     create_a4_printer,
     create_receipt_printer,
 )
+from booth.document_camera import DocumentCameraOwner, open_document_camera
 from booth.spool import PrintSpool
 from shared.config import DeviceConfig
 from shared.errors import ConfigError, DeviceError
@@ -30,16 +36,39 @@ logger = logging.getLogger(__name__)
 DevicesListener = Callable[[list[DeviceStatus]], None]
 
 
-class BoothDevices:
-    """The booth's card reader, printers and print spool."""
+DEFAULT_SPOOL_RETENTION_S = 24 * 3600.0
+DEFAULT_SPOOL_PURGE_INTERVAL_S = 3600.0
 
-    def __init__(self, config: DeviceConfig, *, printer_poll_s: float = 30.0) -> None:
+
+class BoothDevices:
+    """The booth's card reader, document camera, printers and print spool.
+
+    ``printer_poll_s``/``camera_check_s``: how often idle printers and the document camera
+    are asked for their condition (0: never). ``spool_retention_s``: how long the spool keeps
+    the document of a printed or cancelled job (for a reprint); ``spool_purge_interval_s``:
+    how often it drops older ones (also once at start; 0: never).
+    """
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        *,
+        printer_poll_s: float = 30.0,
+        camera_check_s: float = 5.0,
+        spool_retention_s: float = DEFAULT_SPOOL_RETENTION_S,
+        spool_purge_interval_s: float = DEFAULT_SPOOL_PURGE_INTERVAL_S,
+    ) -> None:
         self.config = config
         # Printers report paper out and offline only when asked: ask them while idle, so
         # that an empty roll shows on the branch board before the next resident needs it.
         self.printer_poll_s = printer_poll_s
-        self._poll_task: asyncio.Task[None] | None = None
+        self.camera_check_s = camera_check_s
+        self.spool_retention_s = spool_retention_s
+        self.spool_purge_interval_s = spool_purge_interval_s
+        self.documents_purged = 0  # spool documents dropped by the retention task so far
+        self._tasks: list[asyncio.Task[None]] = []
         self.card: CardReaderOwner | None = None
+        self.document_camera: DocumentCameraOwner | None = None
         self.receipt: DeviceOwner[ReceiptPrinter] | None = None
         self.a4: DeviceOwner[A4Printer] | None = None
         self.spool: PrintSpool | None = None
@@ -61,6 +90,11 @@ class BoothDevices:
         except (ConfigError, DeviceError) as err:
             self._unavailable_device(DeviceKind.CARD_READER, c.card_reader, err)
         try:
+            self.document_camera = DocumentCameraOwner(open_document_camera(c))
+            self.document_camera.add_listener(self._changed)
+        except (ConfigError, DeviceError) as err:
+            self._unavailable_device(DeviceKind.DOCUMENT_CAMERA, c.document_camera, err)
+        try:
             receipt = create_receipt_printer(c.receipt_printer)
             self.receipt = DeviceOwner(DeviceKind.RECEIPT_PRINTER, receipt.name, receipt)
             self.receipt.add_listener(self._changed)
@@ -75,22 +109,49 @@ class BoothDevices:
         self.spool = PrintSpool(c.spool_path, receipt_printer=self.receipt, a4_printer=self.a4)
         await self.spool.start()
         await self.check_printers()
+        await self.check_document_camera()
         self._notify()
-        if self.printer_poll_s > 0:
-            self._poll_task = asyncio.create_task(self._poll_printers(), name="printer-poll")
+        self._every(self.printer_poll_s, self.check_printers, "checking the printers")
+        self._every(self.camera_check_s, self.check_document_camera, "checking the camera")
+        if self.spool_purge_interval_s > 0:
+            try:
+                await self.purge_spool_documents()
+            except Exception:
+                logger.exception("spool purge failed")
+            self._every(self.spool_purge_interval_s, self.purge_spool_documents, "spool purge")
+
+    def _every(self, interval_s: float, job: Callable[[], Awaitable[object]], what: str) -> None:
+        if interval_s > 0:
+            task = asyncio.create_task(self._repeat(interval_s, job, what), name=what)
+            self._tasks.append(task)
+
+    @staticmethod
+    async def _repeat(interval_s: float, job: Callable[[], Awaitable[object]], what: str) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await job()
+            except Exception:
+                logger.exception("%s failed", what)
 
     async def aclose(self) -> None:
+        """Stop the housekeeping, close the spool and every device; idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._poll_task is not None:
-            self._poll_task.cancel()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._poll_task
+                await task
         if self.spool is not None:
             await self.spool.aclose()
         if self.card is not None:
             await self.card.aclose()
+        if self.document_camera is not None:
+            with contextlib.suppress(Exception):
+                await self.document_camera.aclose()
         for owner in (self.receipt, self.a4):
             if owner is not None:
                 with contextlib.suppress(Exception):
@@ -102,6 +163,7 @@ class BoothDevices:
         out: list[DeviceStatus] = []
         owners: dict[DeviceKind, DeviceOwner[object] | None] = {
             DeviceKind.CARD_READER: self.card,  # type: ignore[dict-item]
+            DeviceKind.DOCUMENT_CAMERA: self.document_camera,  # type: ignore[dict-item]
             DeviceKind.RECEIPT_PRINTER: self.receipt,  # type: ignore[dict-item]
             DeviceKind.A4_PRINTER: self.a4,  # type: ignore[dict-item]
         }
@@ -129,13 +191,25 @@ class BoothDevices:
             if not _printing(owner):  # a job may have started meanwhile
                 owner.set_state(condition.state, condition.reason)
 
-    async def _poll_printers(self) -> None:
-        while True:
-            await asyncio.sleep(self.printer_poll_s)
-            try:
-                await self.check_printers()
-            except Exception:
-                logger.exception("checking the printers failed")
+    async def check_document_camera(self) -> None:
+        """Ask the document camera whether it works now and publish the answer."""
+        if self.document_camera is not None:
+            await self.document_camera.check()
+
+    async def purge_spool_documents(self) -> int:
+        """Drop the documents of printed and cancelled jobs older than the retention time
+        (the job records stay). Returns how many were dropped."""
+        if self.spool is None or self._closed:
+            return 0
+        purged = await self.spool.purge_documents(self.spool_retention_s)
+        if purged:
+            self.documents_purged += purged
+            logger.info(
+                "print spool: dropped the documents of %d finished jobs older than %g h",
+                purged,
+                self.spool_retention_s / 3600,
+            )
+        return purged
 
     def add_listener(self, listener: DevicesListener) -> None:
         """Call ``listener`` with all statuses whenever one of them changes."""
@@ -163,4 +237,6 @@ class BoothDevices:
 
 
 def _printing(owner: DeviceOwner[ReceiptPrinter] | DeviceOwner[A4Printer]) -> bool:
-    return owner.status.state is DeviceState.BUSY
+    # in use: a job holds the printer, e.g. waiting in CUPS for a printer that is off (its
+    # state is then "offline" from the job's progress, which a poll must not overwrite)
+    return owner.in_use or owner.status.state is DeviceState.BUSY
