@@ -67,6 +67,31 @@ class ConsoleConfig(BaseSettings):
     # A document still's two ends (booth upload, staff download) wait this long for each other.
     still_relay_wait_s: float = 20.0
     auto_migrate: bool = True
+    # Certificate issuance (docs/issuance.md). The city's business systems: "simulated"
+    # reads fictional residents from register_path ("": the packaged sample register).
+    business_systems: Literal["simulated"] = "simulated"
+    register_path: str = ""
+    # Signing: PEM/DER files of the issuing key, its certificate and the chain up to the
+    # root. Empty: certificates cannot be issued (verification still works).
+    issuing_key_path: str = ""
+    issuing_cert_path: str = ""
+    issuing_chain_paths: list[str] = []
+    # Printed on certificates: the verification URL is {public_base_url}/verify/{code}.
+    public_base_url: str = "http://127.0.0.1:8080"
+    city_name: str = "多摩市"
+    issuer_title: str = "多摩市長"
+    issuer_name: str = ""  # the mayor's name, printed after the title
+    issuing_office: str = "多摩市役所 市民課"
+    # Prints 見本 / SAMPLE on every certificate; turn off only with a real issuing key.
+    certificate_sample_mark: bool = True
+    certificate_fee_yen: dict[str, int] = {
+        "resident_record": 300,
+        "seal_registration": 300,
+        "tax_income": 300,
+    }
+    # The public verification page: lookups per source address within the window.
+    verify_max_lookups: int = 20
+    verify_window_s: float = 600.0
 
 
 class DeviceConfig(BaseModel):

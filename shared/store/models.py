@@ -196,3 +196,67 @@ class AuditRecord(Base):
     detail: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")  # canonical JSON
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class IssuedDocument(Base):
+    """A certificate HQ issued (住民票の写し, 印鑑登録証明書, 課税・所得証明書).
+
+    Personal data lives only inside the signed PDF; the row holds what the public
+    verification page may show (kind, document number, issue time, status) and identifiers.
+    The verification code printed on the paper is stored as its SHA-256 only. ``status``:
+    issued or revoked (revoked_at and revoke_reason set)."""
+
+    __tablename__ = "issued_documents"
+    __table_args__ = (
+        Index("ix_issued_documents_session", "session_id"),
+        Index("ux_issued_documents_code", "code_sha256", unique=True),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # UUID hex
+    document_number: Mapped[str] = mapped_column(String(32), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))  # hq_console.issuance CertificateKind
+    options: Mapped[str] = mapped_column(Text, default="{}")  # JSON, no personal data
+    copies: Mapped[int] = mapped_column(Integer, default=1)
+    fee_per_copy_yen: Mapped[int] = mapped_column(Integer)
+    fee_total_yen: Mapped[int] = mapped_column(Integer)
+    session_id: Mapped[str | None] = mapped_column(ForeignKey("call_sessions.id"), nullable=True)
+    booth_id: Mapped[str | None] = mapped_column(ForeignKey("booths.id"), nullable=True)
+    staff_id: Mapped[str] = mapped_column(ForeignKey("staff.id"))
+    code_sha256: Mapped[str] = mapped_column(String(64))
+    pdf_sha256: Mapped[str] = mapped_column(String(64))
+    pdf: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), default="issued")
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FormDraft(Base):
+    """The values a staff member has entered so far in one form of a call session
+    (書かない窓口), kept until the application is submitted. One draft per session and form."""
+
+    __tablename__ = "form_drafts"
+    __table_args__ = (
+        UniqueConstraint("session_id", "form_id", name="ux_form_drafts_session_form"),
+    )
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # UUID hex
+    session_id: Mapped[str] = mapped_column(ForeignKey("call_sessions.id"))
+    staff_id: Mapped[str] = mapped_column(ForeignKey("staff.id"))
+    form_id: Mapped[str] = mapped_column(String(64))
+    values: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Application(Base):
+    """A signed application (申請書) as the resident signed it at the booth: the PDF and its
+    SHA-256, with who took it, where and when."""
+
+    __tablename__ = "applications"
+    __table_args__ = (Index("ix_applications_session", "session_id"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # UUID hex
+    session_id: Mapped[str] = mapped_column(ForeignKey("call_sessions.id"))
+    booth_id: Mapped[str | None] = mapped_column(ForeignKey("booths.id"), nullable=True)
+    staff_id: Mapped[str] = mapped_column(ForeignKey("staff.id"))
+    form_id: Mapped[str] = mapped_column(String(64))
+    pdf: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
