@@ -17,9 +17,11 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.config import DEFAULT_DATABASE_URL, ConsoleConfig, load_config
@@ -175,9 +177,19 @@ async def verify_audit(database_url: str) -> AuditVerification:
         await engine.dispose()
 
 
+def _existing_database(database_url: str) -> str:
+    """The URL, if it names a database that exists (an SQLite file is not created)."""
+    parsed = make_url(database_url)
+    database = parsed.database
+    sqlite_file = parsed.get_backend_name() == "sqlite" and database not in (None, "", ":memory:")
+    if sqlite_file and not Path(str(database)).is_file():
+        raise ConfigError(f"no database file at {database}")
+    return database_url
+
+
 def _audit_verify_command(args: argparse.Namespace) -> int:
     try:
-        result = asyncio.run(verify_audit(_database_url(args)))
+        result = asyncio.run(verify_audit(_existing_database(_database_url(args))))
     except (ConfigError, SQLAlchemyError) as err:
         print(f"監査ログを読めません / cannot read the audit log: {err}", file=sys.stderr)
         return 2
