@@ -7,6 +7,8 @@ moves ``queued → printing → printed | failed(reason)``, or ``queued → canc
 * while the printer is offline or out of paper, the job stays ``queued`` (its ``reason`` says
   why) and the worker retries with a growing delay; nothing reached the printer, so nothing
   can print twice;
+* a job a print system (CUPS) has taken stays with it while the printer cannot print: the
+  job stays ``printing``, its ``reason`` says why it waits, and it is never sent again;
 * a job that may have reached the printer and then went wrong becomes ``failed``; only an
   explicit :meth:`PrintSpool.reprint` prints it again;
 * a job found ``printing`` when the spool starts (the booth agent stopped mid-job) is not
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from booth.devices.base import DeviceOwner, DeviceState, DeviceWorker
+from booth.devices.base import FAILED_STATES, DeviceOwner, DeviceState, DeviceWorker
 from booth.devices.printing import (
     A4Printer,
     JobOutcome,
@@ -510,8 +512,38 @@ class PrintSpool:
 
         def condition(c: PrinterCondition) -> None:
             owner.set_state(c.state, c.reason)
+            # A job the print system holds while its printer cannot print stays with it
+            # (sending it again could print it twice): the job says why it waits.
+            waiting = c.reason if c.state in FAILED_STATES else None
+            task = asyncio.create_task(self._note_waiting(record, waiting))
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
 
         return JobProgress(submitted, condition)
+
+    async def _note_waiting(self, record: JobRecord, reason: str | None) -> None:
+        """Set the reason of a job that is ``printing`` (waiting in the print system)."""
+        now = time.time()
+
+        def note(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            cursor = conn.execute(
+                "UPDATE print_jobs SET reason = ?, updated_at = ? WHERE job_id = ? AND state = ?"
+                " AND coalesce(reason, '') != coalesce(?, '')",
+                (reason, now, record.job_id, JobState.PRINTING.value, reason),
+            )
+            if cursor.rowcount != 1:
+                return None
+            row: sqlite3.Row | None = conn.execute(
+                f"SELECT {_COLUMNS} FROM print_jobs WHERE job_id = ?", (record.job_id,)
+            ).fetchone()
+            return row
+
+        row = await self._db(note)
+        if row is not None:
+            new = _record(row)
+            if reason:
+                logger.info("print job %s waits in the print system (%s)", new.job_id, reason)
+            self._emit(new)
 
     async def _next_queued(self, target: PrintTarget) -> tuple[JobRecord, bytes] | None:
         row = await self._db(

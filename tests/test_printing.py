@@ -1,9 +1,11 @@
 """Printing with real components: a TCP receipt printer on loopback, a private cupsd, the
-durable spool in SQLite, the print-test command in a subprocess."""
+durable spool in SQLite, the device hub (its printer poll and the spool's retention), the
+print-test command in a subprocess."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -20,6 +22,7 @@ import pytest
 from PIL import Image, ImageChops
 
 from booth.devices.base import DeviceKind, DeviceOwner, DeviceState, DeviceStatus
+from booth.devices.hub import BoothDevices
 from booth.devices.printing import (
     A4Printer,
     CupsA4Printer,
@@ -42,8 +45,9 @@ from booth.devices.receipt import (
     render_receipt,
 )
 from booth.spool import INTERRUPTED_REASON, JobState, PrintJob, PrintSpool, SpoolError
+from shared.config import DeviceConfig
 from shared.errors import ConfigError
-from tests.cups_support import CupsServer, running_cupsd
+from tests.cups_support import CupsServer, _free_port, running_cupsd
 from tests.printer_support import (
     ReceiptPrinterEmulator,
     parse_escpos,
@@ -451,6 +455,170 @@ async def test_spool_closed_mid_cups_job_is_settled_by_cups(
     jobs = cups.run("lpstat", "-W", "all", "-o", "held").split()
     assert [j for j in jobs if j.startswith("held-")] == [record.device_ref]
     assert output.read_bytes().count(b"%PDF-") == 1
+
+
+async def test_cups_receipt_queue_holds_the_job_until_the_printer_is_back(
+    cups: CupsServer, tmp_path: Path
+) -> None:
+    """A receipt printer behind a raw CUPS queue is switched off: CUPS takes the job and its
+    socket backend keeps trying. The job waits (the spool shows why, the hub's printer poll
+    keeps the printer offline), and when the printer is back it prints exactly once."""
+    emulator = ReceiptPrinterEmulator(port=_free_port())  # switched off: nothing listens
+    cups.add_raw_queue("escpos-off", f"socket://{emulator.address}")
+    devices = BoothDevices(
+        DeviceConfig(
+            receipt_printer=f"cups:escpos-off@{cups.server}",
+            document_width=320,
+            document_height=240,
+            spool_path=str(tmp_path / "spool.sqlite3"),
+        ),
+        printer_poll_s=0.1,  # the hub asks the printers all the time
+        camera_check_s=0,
+    )
+    await devices.start()
+    try:
+        spool, owner = devices.spool, devices.receipt
+        assert spool is not None and owner is not None
+        assert isinstance(owner.driver, CupsReceiptPrinter)
+        assert owner.status.state is DeviceState.READY  # CUPS cannot know before a job
+        owner.driver._cups.poll_s = 0.05
+        transitions: list[tuple[JobState, str | None]] = []
+        spool.add_listener(lambda r: transitions.append((r.state, r.reason)))
+        reported: list[DeviceStatus] = []
+        devices.add_listener(
+            lambda statuses: reported.extend(
+                s for s in statuses if s.kind is DeviceKind.RECEIPT_PRINTER
+            )
+        )
+        await spool.submit(PrintJob.for_receipt("job-c", "session-3", RECEIPT))
+
+        async def waiting_with_a_reason() -> bool:
+            record = await spool.job("job-c")
+            return record is not None and record.reason is not None
+
+        await _wait_until(waiting_with_a_reason, "the job to wait in CUPS", within_s=20)
+        assert owner.status.state in (DeviceState.OFFLINE, DeviceState.PAPER_OUT)
+        reason = owner.status.reason or ""
+        assert "the receipt printer cannot print" in reason and "waits in CUPS" in reason
+        assert "The printer may not exist or is unavailable" in reason  # the backend's words
+        await asyncio.sleep(0.5)  # several printer polls: they leave the waiting job's state
+        assert owner.status.state is DeviceState.OFFLINE and owner.status.reason == reason
+        assert devices.statuses()[-2] == owner.status  # what goes to the branch board
+        waiting = await spool.job("job-c")
+        assert waiting is not None
+        assert (waiting.state, waiting.reason, waiting.attempts) == (
+            JobState.PRINTING,
+            reason,
+            1,
+        )
+        assert waiting.device_ref is not None and waiting.device_ref.startswith("escpos-off-")
+        assert emulator.connections() == []
+
+        emulator.switch_on()  # the backend retries after 5, 10, 15… seconds
+        async with asyncio.timeout(45):
+            done = await spool.wait_for("job-c", [JobState.PRINTED, JobState.FAILED])
+        assert done.state is JobState.PRINTED and done.reason is None
+        assert (done.attempts, done.reprints, done.device_ref) == (1, 0, waiting.device_ref)
+        await asyncio.sleep(0.5)  # a second copy would arrive now
+        (job,) = await asyncio.to_thread(emulator.wait_for_jobs, 1)
+        assert len(emulator.jobs()) == 1
+        assert job == encode_escpos(render_receipt(RECEIPT))  # CUPS passes the bytes through
+        _assert_receipt_bytes(job, RECEIPT)
+        assert (await owner.driver._cups.job_state(waiting.device_ref))[0] == 9  # completed
+        assert [s for s, _ in transitions].count(JobState.PRINTED) == 1
+        assert [r for r in await spool.jobs() if r.job_id == "job-c"] == [done]
+        assert owner.status.state is DeviceState.READY
+        reported_states = [s.state for s in reported]
+        assert DeviceState.OFFLINE in reported_states
+        assert reported_states[-1] is DeviceState.READY
+    finally:
+        await devices.aclose()
+        emulator.switch_off()
+
+
+def _document(db: Path, job_id: str) -> bytes | None:
+    """The document bytes the spool file holds for ``job_id`` (read by a second reader)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        row = conn.execute("SELECT document FROM print_jobs WHERE job_id = ?", (job_id,))
+        value = row.fetchone()[0]
+    return None if value is None else bytes(value)
+
+
+async def test_hub_purges_documents_of_old_finished_jobs_and_keeps_queued_ones(
+    tmp_path: Path,
+) -> None:
+    """The hub drops the documents of printed jobs past the retention time, at start and
+    then periodically; a job still waiting for paper keeps its document however old it is."""
+    db = tmp_path / "spool.sqlite3"
+    config = DeviceConfig(spool_path=str(db), document_width=320, document_height=240)
+    old = PrintJob.for_receipt("old", "session-1", RECEIPT)
+
+    # A first run prints a job; with the default retention (a day) its document is kept.
+    devices = BoothDevices(config, printer_poll_s=0, camera_check_s=0)
+    await devices.start()
+    try:
+        assert devices.spool is not None
+        await devices.spool.submit(old)
+        async with asyncio.timeout(10):
+            await devices.spool.wait_for("old", [JobState.PRINTED])
+        assert await devices.purge_spool_documents() == 0
+    finally:
+        await devices.aclose()
+    assert _document(db, "old") == old.document
+    await asyncio.sleep(1.1)
+
+    # The next start, with a short retention and a long interval, purges it at once.
+    devices = BoothDevices(
+        config,
+        printer_poll_s=0,
+        camera_check_s=0,
+        spool_retention_s=1.0,
+        spool_purge_interval_s=0.2,
+    )
+    await devices.start()
+    try:
+        spool, receipt = devices.spool, devices.receipt
+        assert spool is not None and receipt is not None
+        assert isinstance(receipt.driver, SimulatedReceiptPrinter)
+        assert devices.documents_purged == 1
+        assert _document(db, "old") is None
+        record = await spool.job("old")
+        assert record is not None and record.state is JobState.PRINTED  # the record stays
+        with pytest.raises(SpoolError, match="no longer kept"):
+            await spool.reprint("old", by="staff:sato")
+
+        # While it runs: a printed job loses its document to the periodic task; a job
+        # waiting for paper keeps it.
+        recent = PrintJob.for_receipt("recent", "session-2", Receipt((TextBlock("番号 2"),)))
+        await spool.submit(recent)
+        async with asyncio.timeout(10):
+            await spool.wait_for("recent", [JobState.PRINTED])
+        receipt.driver.simulate(DeviceState.PAPER_OUT, "the receipt printer is out of paper")
+        waiting = PrintJob.for_receipt("waiting", "session-3", Receipt((TextBlock("番号 3"),)))
+        await spool.submit(waiting)
+        assert _document(db, "recent") == recent.document
+
+        async def recent_purged() -> bool:
+            return await asyncio.to_thread(_document, db, "recent") is None
+
+        await _wait_until(recent_purged, "the periodic purge", within_s=10)
+        await asyncio.sleep(1.2)  # the waiting job is now past the retention time, too
+        record = await spool.job("waiting")
+        assert record is not None and record.state is JobState.QUEUED
+        assert time.time() - record.created_at > 1.0
+        assert _document(db, "waiting") == waiting.document
+        assert devices.documents_purged == 2
+        assert [p.job_id for p in receipt.driver.printed] == ["recent"]
+
+        # Paper loaded: the kept document prints.
+        receipt.driver.simulate(DeviceState.READY)
+        async with asyncio.timeout(10):
+            await spool.wait_for("waiting", [JobState.PRINTED])
+        assert [p.job_id for p in receipt.driver.printed] == ["recent", "waiting"]
+    finally:
+        await devices.aclose()
+        await devices.aclose()  # idempotent
+    assert all(task.done() for task in asyncio.all_tasks() if task.get_name() == "spool purge")
 
 
 # --------------------------------------------------------------------------------------
