@@ -5,8 +5,8 @@ and says, per device, OK or 問題あり with the fix to try (Japanese first, th
 
 * card reader: is pcscd reachable, is the reader there (a card may or may not lie on it);
 * receipt and A4 printers: the printer's own status (paper, cover, queue);
-* document camera, camera: one frame within a few seconds; microphone: one audio frame;
-  speaker: it opens;
+* document camera: one full-resolution still with the booth's own driver (as staff get it);
+* camera: one frame within a few seconds; microphone: one audio frame; speaker: it opens;
 * signaling: the booth can connect and sign in (hello → welcome).
 
 Nothing is printed and no card is read. The signaling check signs in as this booth: while
@@ -35,6 +35,7 @@ from booth.devices.printing import (
     create_a4_printer,
     create_receipt_printer,
 )
+from booth.document_camera import no_picture, open_document_camera
 from booth.media import (
     AudioSource,
     SimulatedCamera,
@@ -50,6 +51,7 @@ from shared.errors import ConfigError, DeviceError, ProtocolError
 from shared.protocol import BoothHello, BoothWelcome, ErrorCode, ErrorMessage
 
 FRAME_TIMEOUT_S = 5.0
+STILL_TIMEOUT_S = 15.0
 SIGNALING_TIMEOUT_S = 8.0
 
 
@@ -202,6 +204,40 @@ async def check_camera(field: str, spec: str, config: BoothConfig) -> CheckResul
     return await _read_one(field, spec, source, fix, "video frame")
 
 
+async def check_document_camera(config: BoothConfig) -> CheckResult:
+    """One still, taken as during a call (the booth's document camera driver)."""
+    spec = config.devices.document_camera
+    fix = (
+        "書画カメラの USB ケーブルと照明、設定 devices.document_camera を確認してください"
+        "（video グループ、/dev/video*）",
+        "check the document camera's cable and light and devices.document_camera "
+        "(video group, /dev/video*)",
+    )
+    try:
+        camera = open_document_camera(config.devices)
+    except DeviceError as err:
+        return _result("document_camera", spec, False, err.reason, _config_fix("document_camera"))
+    try:
+        async with asyncio.timeout(STILL_TIMEOUT_S):
+            condition = await camera.condition()
+            if condition.state is not DeviceState.READY:
+                reason = condition.reason or condition.state.value
+                return _result("document_camera", spec, False, reason, fix)
+            still = await camera.still()
+    except DeviceError as err:
+        return _result("document_camera", spec, False, no_picture(err).reason or "", fix)
+    except TimeoutError:
+        detail = f"no still within {STILL_TIMEOUT_S:g} s"
+        return _result("document_camera", spec, False, detail, fix)
+    finally:
+        await camera.aclose()
+    detail = (
+        f"{camera.description}: one still {still.width}x{still.height}, "
+        f"{len(still.jpeg) // 1024} KiB JPEG"
+    )
+    return _result("document_camera", spec, True, detail)
+
+
 async def check_microphone(spec: str) -> CheckResult:
     fix = (
         "マイクの接続と設定 devices.microphone を確認してください",
@@ -301,7 +337,7 @@ async def run_checks(config: BoothConfig) -> list[CheckResult]:
         await check_card_reader(d.card_reader),
         await check_printer("receipt_printer", d.receipt_printer),
         await check_printer("a4_printer", d.a4_printer),
-        await check_camera("document_camera", d.document_camera, config),
+        await check_document_camera(config),
         await check_camera("camera", d.camera, config),
         await check_microphone(d.microphone),
         await check_speaker(d.speaker),

@@ -367,7 +367,7 @@ class DeviceDocumentCamera:
         try:
             await self._frame()
         except DeviceError as err:
-            return _no_picture(err)
+            return no_picture(err)
         return CAMERA_READY
 
     def track(self) -> MediaStreamTrack:
@@ -421,7 +421,8 @@ class DeviceDocumentCamera:
         await self._drop_source()
 
 
-def _no_picture(err: DeviceError) -> CameraCondition:
+def no_picture(err: DeviceError) -> CameraCondition:
+    """The condition of a camera that is there but gave no picture (reason in Japanese)."""
     if err.reason.startswith("書画カメラ"):
         return CameraCondition(DeviceState.ERROR, err.reason)
     return CameraCondition(DeviceState.ERROR, f"書画カメラから映像が届きません（{err.reason}）")
@@ -459,7 +460,7 @@ class DocumentCameraOwner(DeviceOwner[DocumentCameraDriver]):
         except DeviceError as err:
             condition = await driver.condition()
             if condition.state is DeviceState.READY:  # the camera is there, the still failed
-                condition = _no_picture(err)
+                condition = no_picture(err)
             self.set_state(condition.state, condition.reason)
             raise DeviceError(condition.reason or err.reason) from err
         except BaseException:
@@ -476,7 +477,7 @@ class DocumentCameraOwner(DeviceOwner[DocumentCameraDriver]):
         try:
             condition = await self.use(lambda d: d.condition())
         except DeviceError as err:
-            condition = _no_picture(err)
+            condition = no_picture(err)
         if not self._closed:
             self.set_state(condition.state, condition.reason)
 

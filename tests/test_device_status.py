@@ -20,6 +20,7 @@ import pytest
 from booth.agent import BoothAgent
 from booth.devices.base import DeviceState
 from booth.devices.printing import SimulatedReceiptPrinter
+from booth.doctor import check_document_camera
 from booth.document_camera import DocumentCameraOwner, SimulatedDocumentCamera
 from shared.errors import DeviceError
 from shared.protocol import (
@@ -363,19 +364,19 @@ async def test_document_camera_state_reaches_staff_busy_unplugged_and_back(
 async def test_v4l2_document_camera_missing_then_unreadable_is_reported(tmp_path: Path) -> None:
     """A v4l2 document camera whose device node is missing is reported offline; a node that
     ffmpeg cannot read as a camera (a plain file here) gives an error with ffmpeg's reason
-    once a still is asked for; gone again, offline again."""
+    once a still is asked for; gone again, offline again. ``python -m booth doctor`` says
+    the same."""
     device = tmp_path / "video7"
     async with running_signaling(tmp_path) as sig:
-        agent = BoothAgent(
-            booth_config(
-                sig,
-                tmp_path,
-                document_camera=f"v4l2:{device}",
-                document_width=320,
-                document_height=240,
-                document_fps=10,
-            )
+        config = booth_config(
+            sig,
+            tmp_path,
+            document_camera=f"v4l2:{device}",
+            document_width=320,
+            document_height=240,
+            document_fps=10,
         )
+        agent = BoothAgent(config)
         async with connect_staff(sig.ws_url, sig.staff_token("takahashi")) as branch:
             try:
                 await agent.start()
@@ -386,6 +387,8 @@ async def test_v4l2_document_camera_missing_then_unreadable_is_reported(tmp_path
                 assert report_.reason == (
                     f"書画カメラ（{device}）が見つかりません。USBケーブルを確認してください"
                 )
+                checked = await check_document_camera(config)
+                assert (checked.ok, checked.detail) == (False, report_.reason)
                 camera = agent.document_camera
                 assert isinstance(camera, DocumentCameraOwner)
                 # A call made now gets a document track that ends at once.
@@ -403,6 +406,9 @@ async def test_v4l2_document_camera_missing_then_unreadable_is_reported(tmp_path
                 assert report_.reason.startswith("書画カメラから映像が届きません（")
                 assert str(device) in report_.reason  # ffmpeg's own line names the device
                 assert failed.value.reason == report_.reason
+                checked = await check_document_camera(config)
+                assert (checked.ok, checked.detail) == (False, report_.reason)
+                assert checked.fix_ja is not None and "書画カメラ" in checked.fix_ja
 
                 device.unlink()
                 await agent.devices.check_document_camera()
