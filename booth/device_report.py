@@ -1,8 +1,9 @@
 """Tells signaling what state the booth's devices are in.
 
 A :class:`DeviceStatusReporter` sends a :class:`~shared.protocol.DeviceStatusReport` after
-every welcome and whenever a device of :class:`~booth.devices.hub.BoothDevices` changes;
-changes that come in a burst (a print job: busy, then ready) go out as one report after
+every welcome and whenever a device of :class:`~booth.devices.hub.BoothDevices` (card
+reader, document camera, receipt and A4 printers) changes; changes that come in a burst (a
+print job or a document still: busy, then ready) go out as one report after
 ``coalesce_s``. Camera, microphone and speaker are reported as ``ready`` from the moment
 they were opened (they are opened at start; a device that cannot be opened stops the
 agent before it connects).
