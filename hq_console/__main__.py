@@ -5,6 +5,8 @@ python -m hq_console add-staff --login L --name N --role hq|branch [--site S]
     [--skill dept:lang ...] [--password-stdin] [--config FILE | --database-url URL]
 python -m hq_console audit verify [--config FILE | --database-url URL] [--json]
     walk the hash-chained audit log; exit 0 if intact, 1 with the first broken record
+python -m hq_console make-test-ca --out DIR [--city NAME] [--issuer-title TITLE]
+    a local test root CA and certificate-issuing key (demo and tests only)
 """
 
 from __future__ import annotations
@@ -70,7 +72,24 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--config", dest="sub_config", help="TOML configuration file")
     verify.add_argument("--database-url", help="database URL (default: from the configuration)")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    test_ca = sub.add_parser(
+        "make-test-ca", help="write a local test root CA and issuing key (demo and tests only)"
+    )
+    test_ca.add_argument("--out", required=True, help="directory for the PEM files")
+    test_ca.add_argument("--city", default="多摩市", help="city name in the certificates")
+    test_ca.add_argument("--issuer-title", default="多摩市長", help="e.g. 多摩市長")
     return parser
+
+
+def _make_test_ca_command(args: argparse.Namespace) -> int:
+    from hq_console.issuance.signing import make_test_ca
+
+    files = make_test_ca(args.out, city_name=args.city, issuer_title=args.issuer_title)
+    print(f"issuing_key_path = {str(files.issuing_key)!r}")
+    print(f"issuing_cert_path = {str(files.issuing_cert)!r}")
+    print(f"issuing_chain_paths = {[str(p) for p in files.chain]!r}")
+    print(f"# trust anchor for PDF readers and tests: {files.root_cert}")
+    return 0
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -242,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _add_staff_command(args)
     if args.command == "audit":
         return _audit_verify_command(args)
+    if args.command == "make-test-ca":
+        return _make_test_ca_command(args)
     return _serve(args.config)
 
 

@@ -44,6 +44,7 @@ from hq_console.auth import (
     revoke_session,
 )
 from hq_console.booth_auth import BOOTH_API_PREFIX, authenticated_booth
+from hq_console.issuance import setup_issuance
 from hq_console.still_relay import RelayRefusal, RelayRefused, StillRelay
 from shared.config import ConsoleConfig
 from shared.documents import a4_test_document
@@ -526,4 +527,5 @@ def create_app(config: ConsoleConfig, *, throttle: LoginThrottle | None = None) 
     )
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+    setup_issuance(app)
     return app

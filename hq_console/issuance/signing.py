@@ -174,7 +174,7 @@ def _store(certs: list[Any]) -> SimpleCertificateStore:
 
 
 @dataclass(frozen=True, slots=True)
-class TestCaFiles:
+class LocalCaFiles:
     """The files :func:`make_test_ca` writes."""
 
     root_cert: Path  # trust anchor (import into a PDF reader to see signatures valid)
@@ -190,7 +190,7 @@ def make_test_ca(
     issuer_title: str = "多摩市長",
     valid_days: int = 825,
     now: dt.datetime | None = None,
-) -> TestCaFiles:
+) -> LocalCaFiles:
     """Write a local test root CA and an issuing certificate signed by it (ECDSA P-256).
 
     For demonstrations and tests only: the root's private key is not kept, so nothing
@@ -276,7 +276,7 @@ def make_test_ca(
         )
         .sign(root_key, hashes.SHA256())
     )
-    files = TestCaFiles(
+    files = LocalCaFiles(
         root_cert=out / "test-root-ca.pem",
         issuing_key=out / "issuing-key.pem",
         issuing_cert=out / "issuing-cert.pem",
