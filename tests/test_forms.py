@@ -289,6 +289,13 @@ def test_a_valid_minimal_template_loads(tmp_path: Path) -> None:
             "id",
             "the id 'other-name' must be the file name",
         ),
+        (
+            BASE.format(id="bad-form", birth_type="date", last="@signature").replace(
+                'card = "name"', "max_length = 2000"
+            ),
+            "",
+            "field 'name' (section 'main') can need",
+        ),
         ('id = "bad-form"\ntitle_ja = "未完', "", "not valid TOML"),
     ],
 )
@@ -522,6 +529,16 @@ def test_required_max_length_choice_number_and_unknown_fields(catalog: TemplateC
     # exactly 60 rare kanji is fine: limits count characters, not bytes or UTF-16 units
     ok = validate_values(template, {"applicant_name": "𠮷" * 60}, complete=False)
     assert ok.errors == ()
+
+
+def test_multiline_keeps_line_breaks_up_to_twenty_lines(catalog: TemplateCatalog) -> None:
+    template = catalog.get("kokuho-shikaku")
+    ok = validate_values(template, {"notes": "一行目\r\n二行目"}, complete=False)
+    assert ok.values.get("notes") == "一行目\n二行目"
+    result = validate_values(template, {"notes": "\n".join(["行"] * 21)}, complete=False)
+    error = result.error_for("notes")
+    assert error is not None
+    assert error.message_ja == "改行は20行までにしてください。"
 
 
 def test_text_keeps_rare_kanji_and_refuses_control_characters(catalog: TemplateCatalog) -> None:
@@ -790,3 +807,19 @@ def test_values_and_meta_on_the_wire() -> None:
             staff_id="t",
             submitted_at=datetime(2025, 6, 1, 10, 0),
         )
+
+
+def test_a_long_form_continues_on_a_second_page(catalog: TemplateCatalog, tmp_path: Path) -> None:
+    template = catalog.get("juumin-idou")
+    notes = "\n".join(f"{n}行目：前住所地の手当と医療費助成の引継ぎを相談。" for n in range(1, 13))
+    entered = FormValues(form_id=template.id, values={"notes": notes})
+    values = validate_values(template, _filled(template).merged(entered), today=TODAY)
+    assert values.errors == ()
+    area = signature_area(template, values.values)
+    assert area.page == 2
+    pdf = render_application_pdf(template, values.values, _signature(), _meta(template))
+    text = _pdf_text(pdf, tmp_path)
+    assert text.count("申請番号 Application ID: app-20250601-0001") == 2
+    assert "1/2" in text and "2/2" in text
+    assert _squash(notes) in _squash(text)
+    assert _dark_pixels(pdf, tmp_path, area) > 300

@@ -27,6 +27,16 @@ SIGNATURE_CELL = "@signature"
 """The layout cell that places the signature box."""
 
 MAX_FIELDS = 120
+MAX_MULTILINE_LINES = 20
+"""A multiline value has at most this many lines (line breaks + 1)."""
+
+# The A4 geometry that template checks need: every cell must fit on one page at its
+# longest value (the PDF never splits a cell). A full-width character of a value is
+# about 3.7 mm wide (10.5 pt), a line 5 mm high.
+CONTENT_WIDTH_MM = 180.0
+VALUE_CHAR_MM = 3.7
+VALUE_LINE_MM = 5.0
+MAX_CELL_MM = 225.0
 MAX_VALUE_CHARS = 2000
 """No value, of any field, is longer than this (templates may set lower limits)."""
 
@@ -314,6 +324,11 @@ class FormTemplate(Model):
                             f"(sections {placed[cell.field]!r} and {section.id!r})"
                         )
                     placed[cell.field] = section.id
+        for section in self.layout.sections:
+            for row in section.rows:
+                for cell in row:
+                    if cell.field != SIGNATURE_CELL:
+                        _check_fits_a_page(self.field(cell.field), cell.span, section.id)
         missing = [f for f in ids if f not in placed]
         if missing:
             raise ValueError(f"layout: fields not placed in any section: {', '.join(missing)}")
@@ -322,6 +337,28 @@ class FormTemplate(Model):
                 f"layout: exactly one {SIGNATURE_CELL!r} cell is needed (found {signatures})"
             )
         return self
+
+
+def worst_case_lines(field: FormField, span: int) -> int:
+    """How many lines the longest value of ``field`` can take in a cell ``span`` wide."""
+    width = span * CONTENT_WIDTH_MM / GRID_COLUMNS - 3.0
+    per_line = max(1, int(width // VALUE_CHAR_MM))
+    lines = -(-field.limit // per_line)
+    if field.type is FieldType.MULTILINE:
+        lines += MAX_MULTILINE_LINES - 1
+    return lines
+
+
+def _check_fits_a_page(field: FormField, span: int, section_id: str) -> None:
+    if field.type is FieldType.CHECKBOX:
+        return
+    height = worst_case_lines(field, span) * VALUE_LINE_MM
+    if height > MAX_CELL_MM:
+        raise ValueError(
+            f"layout: field {field.id!r} (section {section_id!r}) can need {height:.0f} mm at "
+            f"{field.limit} characters in {span} columns, more than a page; "
+            "give it more columns or a smaller max_length"
+        )
 
 
 # --------------------------------------------------------------------------------------

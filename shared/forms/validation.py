@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from datetime import date
 
 from shared.forms.models import (
+    MAX_MULTILINE_LINES,
     MAX_VALUE_CHARS,
     FieldError,
     FieldType,
@@ -211,6 +212,11 @@ def _single_line(text: str) -> str:
 def _multiline(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     _refuse_control(text, allow_newline=True)
+    if text.count("\n") >= MAX_MULTILINE_LINES:
+        raise FieldValueError(
+            f"改行は{MAX_MULTILINE_LINES}行までにしてください。",
+            f"Use at most {MAX_MULTILINE_LINES} lines.",
+        )
     return text
 
 
