@@ -45,8 +45,11 @@ class ConsoleClient:
         """Stream a sealed still into the console's still relay; the bytes it relayed."""
         url = f"{self.base_url}/api/booth/sessions/{session_id}/stills/relay/{token}"
         try:
-            async with self._session().put(
-                url, data=io.BytesIO(sealed), headers={"Content-Type": "application/octet-stream"}
+            async with self._session().post(
+                url,
+                data=io.BytesIO(sealed),
+                headers={"Content-Type": "application/octet-stream"},
+                expect100=True,  # the body starts once the console has the staff download
             ) as response:
                 body = await response.json(content_type=None)
                 if response.status != 200:

@@ -45,7 +45,7 @@ from hq_console.auth import (
 )
 from hq_console.booth_auth import BOOTH_API_PREFIX, authenticated_booth
 from hq_console.issuance import setup_issuance
-from hq_console.still_relay import RelayRefusal, RelayRefused, StillRelay
+from hq_console.still_relay import RelayRefusal, RelayRefused, RelayUpload, StillRelay
 from shared.config import ConsoleConfig
 from shared.documents import a4_test_document
 from shared.protocol import StaffRole
@@ -413,8 +413,12 @@ async def _live_call(request: web.Request, session_id: str) -> CallSession | Non
     return call if call is not None and call.ended_at is None else None
 
 
-async def api_booth_still_upload(request: web.Request) -> web.StreamResponse:
-    """The booth streams a sealed still into the relay (see hq_console.still_relay)."""
+_RELAY_UPLOAD: Final = web.RequestKey("relay_upload", RelayUpload)
+
+
+async def claim_still_upload(request: web.Request) -> web.StreamResponse | None:
+    """Check a booth's still upload and wait for the staff download before the body comes:
+    the route's ``Expect: 100-continue`` handler (and the start of the upload without it)."""
     booth_id = await authenticated_booth(
         request, request.app[SESSIONS], request.app[BOOTH_THROTTLE]
     )
@@ -429,11 +433,32 @@ async def api_booth_still_upload(request: web.Request) -> web.StreamResponse:
     if size is None:
         return _json_error(411, "length_required", "Content-Length is required")
     try:
-        copied = await request.app[STILL_RELAY].upload(
-            token, session_id, size, request.content.iter_chunked(256 * 1024)
+        request[_RELAY_UPLOAD] = await request.app[STILL_RELAY].claim_upload(
+            token, session_id, size
         )
     except RelayRefused as err:
+        log.warning("still relay for session %s refused: %s", session_id, err.refusal.value)
+        return _relay_error(err)
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return None
+
+
+async def api_booth_still_upload(request: web.Request) -> web.StreamResponse:
+    """The booth streams a sealed still into the relay (see hq_console.still_relay)."""
+    claimed = request.get(_RELAY_UPLOAD)
+    if claimed is None:  # no Expect: 100-continue
+        refusal = await claim_still_upload(request)
+        if refusal is not None:
+            request.protocol.force_close()  # answer, then close: no lingering over the body
+            return refusal
+        claimed = request[_RELAY_UPLOAD]
+    session_id = request.match_info["session_id"]
+    try:
+        copied = await claimed.copy(request.content.iter_chunked(256 * 1024))
+    except RelayRefused as err:
         log.warning("still relay for session %s failed: %s", session_id, err.refusal.value)
+        request.protocol.force_close()  # answer, then close: no lingering over the body
         return _relay_error(err)
     log.info("still relayed for session %s (%d bytes)", session_id, copied)
     return web.json_response({"bytes": copied})
@@ -522,8 +547,10 @@ def create_app(config: ConsoleConfig, *, throttle: LoginThrottle | None = None) 
     app.router.add_get("/api/documents/test-a4.pdf", api_test_a4_document)
     app.router.add_post("/api/sessions/{session_id}/stills", api_save_still)
     app.router.add_get("/api/sessions/{session_id}/stills/relay/{token}", api_still_relay_download)
-    app.router.add_put(
-        BOOTH_API_PREFIX + "sessions/{session_id}/stills/relay/{token}", api_booth_still_upload
+    app.router.add_post(
+        BOOTH_API_PREFIX + "sessions/{session_id}/stills/relay/{token}",
+        api_booth_still_upload,
+        expect_handler=claim_still_upload,
     )
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)

@@ -6,7 +6,7 @@ the bytes over HTTPS (TCP) instead, without giving the server the picture:
 
 * the booth encrypts the JPEG with a fresh AES-256-GCM key and announces the still on the
   data channel with a one-time relay token, the key and the nonce (``still_offer.relay``);
-* the booth uploads the ciphertext (``PUT /api/booth/sessions/{session}/stills/relay/{token}``,
+* the booth uploads the ciphertext (``POST /api/booth/sessions/{session}/stills/relay/{token}``,
   booth credentials) and the staff member's page downloads it (``GET
   /api/sessions/{session}/stills/relay/{token}``, staff login), whichever comes first waiting
   for the other up to ``wait_s``;
@@ -107,10 +107,10 @@ class StillRelay:
             del self._slots[token]
             self._used[token] = time.monotonic()
 
-    async def upload(
-        self, token: str, session_id: str, size: int, body: AsyncIterator[bytes]
-    ) -> int:
-        """Give ``size`` bytes from ``body`` to the download of ``token``; the bytes copied."""
+    async def claim_upload(self, token: str, session_id: str, size: int) -> RelayUpload:
+        """Announce an upload of ``size`` bytes and wait for the staff download of ``token``;
+        then :meth:`RelayUpload.copy` the body. (The booth sends ``Expect: 100-continue``:
+        its body starts only once the download is there, so a refusal is a clean answer.)"""
         if size > MAX_STILL_CIPHERTEXT:
             raise RelayRefused(RelayRefusal.TOO_LARGE, "the still is too large")
         slot = self._slot(token, session_id)
@@ -120,16 +120,27 @@ class StillRelay:
         slot.size.set_result(size)
         try:
             sink = await self._partner(slot.sink, "staff did not fetch the still in time")
-            copied = await _copy(body, size, sink)
         except BaseException:
             _settle(slot.done, slot.downloading, None, "the booth stopped sending")
-            raise
-        finally:
             self._retire(token, slot)
+            raise
+        return RelayUpload(self, token, slot, size, sink)
+
+    async def upload(
+        self, token: str, session_id: str, size: int, body: AsyncIterator[bytes]
+    ) -> int:
+        """:meth:`claim_upload` and copy ``body``; the bytes copied."""
+        claimed = await self.claim_upload(token, session_id, size)
+        return await claimed.copy(body)
+
+    def _copied(self, token: str, slot: _Slot, copied: int | None) -> None:
+        self._retire(token, slot)
+        if copied is None:
+            _settle(slot.done, slot.downloading, None, "the booth stopped sending")
+            return
         _settle(slot.done, True, copied, "")
         self.relayed += 1
         self.bytes_relayed += copied
-        return copied
 
     async def _partner(self, future: asyncio.Future[_T], why: str) -> _T:
         try:
@@ -182,6 +193,26 @@ async def _copy(
     if copied != size:
         raise RelayRefused(RelayRefusal.PARTNER_GONE, "the upload ended early")
     return copied
+
+
+@dataclass
+class RelayUpload:
+    """The booth end of a paired transfer."""
+
+    _relay: StillRelay
+    _token: str
+    _slot: _Slot
+    size: int
+    _sink: Callable[[bytes], Awaitable[None]]
+
+    async def copy(self, body: AsyncIterator[bytes]) -> int:
+        """Copy ``body`` (exactly ``size`` bytes) to the download; RelayRefused otherwise."""
+        copied: int | None = None
+        try:
+            copied = await _copy(body, self.size, self._sink)
+            return copied
+        finally:
+            self._relay._copied(self._token, self._slot, copied)
 
 
 @dataclass

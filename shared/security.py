@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from argon2.exceptions import InvalidHashError, VerificationError
 
 from shared.errors import AuthError
 from shared.protocol import ErrorCode, IceServer, StaffRole

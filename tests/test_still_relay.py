@@ -180,7 +180,9 @@ async def test_staff_leaving_mid_transfer_fails_the_upload(
     leaving = asyncio.create_task(read_a_little_and_leave())
     with pytest.raises(ConsoleUnavailable) as refused:
         await booth.upload_still(session_id, token, big)
-    assert (refused.value.status, refused.value.code) == (502, "partner_gone")
+    # The console answers 502 partner_gone and closes at once; the booth, still sending,
+    # may see only the closed connection. Either way the upload failed (and falls back).
+    assert (refused.value.status, refused.value.code) in ((502, "partner_gone"), (0, "unreachable"))
     assert await leaving == 256 * 1024
 
 
