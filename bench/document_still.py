@@ -37,22 +37,39 @@ import secrets
 import signal
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import aiohttp
 import numpy as np
+from aiohttp import web
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from PIL import Image
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench._load import percentile, rounded
 from bench.staff_peer import ReceivedStill, StillAssembly
+from booth.console_client import ConsoleClient
 from booth.document_camera import DocumentStill
-from booth.document_still import drain_channel, offer_for, send_still, still_frames
+from booth.document_still import (
+    drain_channel,
+    offer_for,
+    relay_still,
+    send_still,
+    still_frames,
+)
 from booth.ice import restrict_host_addresses, rtc_configuration
+from hq_console.app import create_app
 from shared import wire
-from shared.errors import ProtocolError
+from shared.config import ConsoleConfig
+from shared.errors import AuthError, ProtocolError
 from shared.protocol import Model, StillDone, StillOffer
+from shared.security import open_still
+from shared.store.db import create_engine, migrate, session_factory
+from shared.store.models import CallSession, HelpRequest
+from shared.store.seed import seed_demo, upsert_booth
 from tests.netlink import emulated_link
 from tests.netlink.link import EmulatedLink
 
@@ -102,6 +119,7 @@ class ChannelSender:
         self.pc = pc
         self.channel = channel
         self.opened = asyncio.Event()
+        self.session_id: str | None = SESSION_ID
         channel.on("open", self.opened.set)
 
     def send_peer_data(self, message: Model) -> bool:
@@ -128,6 +146,8 @@ class ChannelReceiver:
     assembly: StillAssembly = field(default_factory=StillAssembly)
     stills: asyncio.Queue[ReceivedStill] = field(default_factory=asyncio.Queue)
     opened: asyncio.Event = field(default_factory=asyncio.Event)
+    console: RelayConsole | None = None  # fetches relayed stills, as the console page does
+    _fetches: set[asyncio.Task[None]] = field(default_factory=set)
 
     def attach(self, channel: RTCDataChannel) -> None:
         @channel.on("message")
@@ -140,7 +160,12 @@ class ChannelReceiver:
             except ProtocolError:
                 log.warning("undecodable message on the channel")
                 return
-            if isinstance(message, StillOffer):
+            if isinstance(message, StillOffer) and message.relay is not None:
+                if self.console is not None:
+                    task = asyncio.ensure_future(self._fetch(message, self.console))
+                    self._fetches.add(task)
+                    task.add_done_callback(self._fetches.discard)
+            elif isinstance(message, StillOffer):
                 self.assembly.offer(message)
             elif isinstance(message, StillDone):
                 still = self.assembly.done(message)
@@ -148,6 +173,127 @@ class ChannelReceiver:
                     self.stills.put_nowait(still)
 
         self.opened.set()
+
+    async def _fetch(self, offer: StillOffer, console: RelayConsole) -> None:
+        """Download the sealed still from the console's relay and open it (still-viewer.js)."""
+        assert offer.relay is not None
+        offer_at = time.monotonic()
+        url = f"{console.base}/api/sessions/{SESSION_ID}/stills/relay/{offer.relay.token}"
+        data, rejected = b"", None
+        try:
+            async with console.staff.get(url) as resp:
+                sealed = await resp.read()
+                if resp.status != 200:
+                    rejected = f"relay answered {resp.status}"
+            if rejected is None:
+                data = open_still(sealed, offer.relay.key, offer.relay.nonce)
+                if hashlib.sha256(data).hexdigest() != offer.sha256:
+                    rejected = "SHA-256 mismatch"
+        except (aiohttp.ClientError, AuthError) as err:
+            rejected = repr(err)
+        self.stills.put_nowait(
+            ReceivedStill(offer, data, rejected is None, rejected, offer_at, time.monotonic())
+        )
+
+
+# --------------------------------------------------------------------------------------
+# The relay path: the real console app on the HQ side, the booth's real client
+# --------------------------------------------------------------------------------------
+
+SESSION_ID: Final = "bench-still-session"
+BOOTH_ID: Final = "seiseki-1"
+BOOTH_CREDENTIAL: Final = "bench-booth-credential-0123456789"
+STAFF_PASSWORD: Final = "bench-staff-password"
+
+
+@dataclass
+class RelayConsole:
+    """HQ side: hq_console serving on the link, and sato's signed-in browser session."""
+
+    runner: web.AppRunner
+    engine: AsyncEngine
+    base: str
+    staff: aiohttp.ClientSession
+
+
+async def _hq_start_console(address: str, directory: str) -> RelayConsole:
+    url = f"sqlite+aiosqlite:///{directory}/console.sqlite3"
+    await migrate(url)
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    await seed_demo(sessions, {}, STAFF_PASSWORD)
+    await upsert_booth(sessions, BOOTH_ID, "seiseki", "聖蹟桜ヶ丘 1番ブース", BOOTH_CREDENTIAL)
+    async with sessions() as db, db.begin():
+        db.add(HelpRequest(id="bench-req", booth_id=BOOTH_ID, department="shimin", language="ja"))
+        await db.flush()
+        db.add(
+            CallSession(
+                id=SESSION_ID,
+                request_id="bench-req",
+                booth_id=BOOTH_ID,
+                staff_id="sato",
+                department="shimin",
+                language="ja",
+            )
+        )
+    config = ConsoleConfig(database_url=url, token_secret=secrets.token_hex(16), auto_migrate=False)
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, address, 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    base = f"http://{address}:{port}"
+    staff = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with staff.post(
+        f"{base}/login",
+        data={"login": "sato", "password": STAFF_PASSWORD},
+        headers={"Origin": base},
+        allow_redirects=False,
+    ) as resp:
+        if resp.status != 303:
+            raise RuntimeError(f"staff sign-in failed: {resp.status}")
+    return RelayConsole(runner, engine, base, staff)
+
+
+async def _hq_stop_console(console: RelayConsole) -> None:
+    await console.staff.close()
+    await console.runner.cleanup()
+    await console.engine.dispose()
+
+
+async def _booth_console_client(base: str) -> ConsoleClient:
+    return ConsoleClient(base, BOOTH_ID, BOOTH_CREDENTIAL, timeout_s=120)
+
+
+async def _booth_relay_send(
+    sender: ChannelSender, console: ConsoleClient, still: DocumentStill, timeout_s: float
+) -> tuple[float, bool]:
+    """The product's relay path (booth.document_still.relay_still); (clock start, relayed)."""
+    offer = offer_for(still, request_id=secrets.token_hex(8), origin="staff")
+    started = time.monotonic()
+    async with asyncio.timeout(timeout_s):
+        ok = await relay_still(sender, console, SESSION_ID, offer, still.jpeg)
+    return started, ok
+
+
+async def relay_transfer(
+    link: EmulatedLink,
+    sender: ChannelSender,
+    console: ConsoleClient,
+    receiver: ChannelReceiver,
+    still: DocumentStill,
+    timeout_s: float,
+) -> float:
+    """Seconds for one still, offer sent → sealed bytes fetched, opened and checked at HQ."""
+    (started, sent), (done_at, ok, why) = await asyncio.gather(
+        link.booth.run(_booth_relay_send, sender, console, still, timeout_s),
+        link.hq.run(_hq_next_still, receiver, timeout_s),
+    )
+    if not sent:
+        raise RuntimeError("the booth could not relay the still")
+    if not ok:
+        raise RuntimeError(f"the relayed still arrived damaged: {why}")
+    return done_at - started
 
 
 async def _booth_offer() -> tuple[ChannelSender, str]:
@@ -310,8 +456,9 @@ def _variant_name(high_water: int) -> str:
 async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     still = await asyncio.to_thread(make_jpeg, args.bytes)
     log.info("still: %d bytes, %dx%d", len(still.jpeg), still.width, still.height)
-    variants = [hw for hw in dict.fromkeys(args.high_water) if hw != PRODUCT_HIGH_WATER]
-    product: list[float] = []
+    variants = list(dict.fromkeys(args.high_water or []))
+    relay: list[float] = []
+    channel: list[float] = []
     by_variant: dict[int, list[float]] = {hw: [] for hw in variants}
     tcp: list[float] = []
     congestion = ""
@@ -319,50 +466,70 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         restrict_host_addresses([link.booth.address, link.hq.address])
         sender: ChannelSender | None = None
         receiver: ChannelReceiver | None = None
-        try:
-            connect_started = time.monotonic()
-            booth_side, offer_sdp = await link.booth.run(_booth_offer)
-            sender = booth_side
-            hq_side, answer_sdp = await link.hq.run(_hq_answer, offer_sdp)
-            receiver = hq_side
-            await link.booth.run(_booth_connect, booth_side, answer_sdp)
-            await link.hq.run(_hq_wait_open, hq_side)
-            log.info("data channel open in %.2f s", time.monotonic() - connect_started)
-            for n in range(args.transfers):
-                seconds = await data_channel_transfer(
-                    link, booth_side, hq_side, still, PRODUCT_HIGH_WATER, args.timeout
-                )
-                product.append(seconds)
-                log.info("%d/%d data channel (product): %.2f s", n + 1, args.transfers, seconds)
-                await asyncio.sleep(args.pause)
-                for hw in variants:
-                    seconds = await data_channel_transfer(
-                        link, booth_side, hq_side, still, hw, args.timeout
+        hq_console: RelayConsole | None = None
+        booth_client: ConsoleClient | None = None
+        with tempfile.TemporaryDirectory(prefix="ekichika-still-") as directory:
+            try:
+                hq_console = await link.hq.run(_hq_start_console, link.hq.address, directory)
+                booth_client = await link.booth.run(_booth_console_client, hq_console.base)
+                connect_started = time.monotonic()
+                booth_side, offer_sdp = await link.booth.run(_booth_offer)
+                sender = booth_side
+                hq_side, answer_sdp = await link.hq.run(_hq_answer, offer_sdp)
+                receiver = hq_side
+                hq_side.console = hq_console
+                await link.booth.run(_booth_connect, booth_side, answer_sdp)
+                await link.hq.run(_hq_wait_open, hq_side)
+                log.info("data channel open in %.2f s", time.monotonic() - connect_started)
+                for n in range(args.transfers):
+                    seconds = await relay_transfer(
+                        link, booth_side, booth_client, hq_side, still, args.timeout
                     )
-                    by_variant[hw].append(seconds)
-                    log.info("%d/%d %s: %.2f s", n + 1, args.transfers, _variant_name(hw), seconds)
+                    relay.append(seconds)
+                    log.info("%d/%d relay (product): %.2f s", n + 1, args.transfers, seconds)
                     await asyncio.sleep(args.pause)
-                seconds, congestion = await tcp_transfer(link, still.jpeg, args.timeout)
-                tcp.append(seconds)
-                log.info("%d/%d TCP (%s): %.2f s", n + 1, args.transfers, congestion, seconds)
-                await asyncio.sleep(args.pause)
-        finally:
-            if sender is not None:
-                await link.booth.run(_close_pc, sender.pc)
-            if receiver is not None:
-                await link.hq.run(_close_pc, receiver.pc)
-            restrict_host_addresses(["127.0.0.1"])
+                    seconds, congestion = await tcp_transfer(link, still.jpeg, args.timeout)
+                    tcp.append(seconds)
+                    log.info("%d/%d TCP (%s): %.2f s", n + 1, args.transfers, congestion, seconds)
+                    await asyncio.sleep(args.pause)
+                    if n < args.channel_transfers:
+                        seconds = await data_channel_transfer(
+                            link, booth_side, hq_side, still, PRODUCT_HIGH_WATER, args.timeout
+                        )
+                        channel.append(seconds)
+                        log.info("%d/%d data channel: %.2f s", n + 1, args.transfers, seconds)
+                        await asyncio.sleep(args.pause)
+                    for hw in variants:
+                        seconds = await data_channel_transfer(
+                            link, booth_side, hq_side, still, hw, args.timeout
+                        )
+                        by_variant[hw].append(seconds)
+                        log.info(
+                            "%d/%d %s: %.2f s", n + 1, args.transfers, _variant_name(hw), seconds
+                        )
+                        await asyncio.sleep(args.pause)
+            finally:
+                if booth_client is not None:
+                    await link.booth.run(booth_client.aclose)
+                if sender is not None:
+                    await link.booth.run(_close_pc, sender.pc)
+                if receiver is not None:
+                    await link.hq.run(_close_pc, receiver.pc)
+                if hq_console is not None:
+                    await link.hq.run(_hq_stop_console, hq_console)
+                restrict_host_addresses(["127.0.0.1"])
     profile = link.profile
-    p95 = percentile(product, 95)
+    p95 = percentile(relay, 95)
     tcp_p95 = percentile(tcp, 95)
     ratio = p95 / tcp_p95 if tcp_p95 > 0 else math.nan
     size = len(still.jpeg)
     return {
         "scenario": "document_still",
         "path": (
-            "booth.document_still.send_still over an aiortc data channel between two aiortc"
-            " peers (booth and HQ namespaces), assembled and checked with"
-            " bench.staff_peer.StillAssembly; no signaling server, no video on the call"
+            "booth.document_still.relay_still: still_offer with a relay ticket on an aiortc data"
+            " channel (booth and HQ namespaces), the sealed JPEG uploaded by"
+            " booth.console_client over the link into the real hq_console still relay, fetched"
+            " by a signed-in staff client on the HQ side, opened and SHA-256 checked"
         ),
         "profile": profile.name,
         "link": {
@@ -373,12 +540,12 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "bytes": size,
         "width": still.width,
         "height": still.height,
-        "transfers": len(product),
-        "p50_s": rounded(percentile(product, 50)),
+        "transfers": len(relay),
+        "p50_s": rounded(percentile(relay, 50)),
         "p95_s": rounded(p95),
-        "max_s": rounded(max(product)),
-        "seconds": [rounded(s) for s in product],
-        "goodput_p50_mbit_s": rounded(size * 8 / percentile(product, 50) / 1e6),
+        "max_s": rounded(max(relay)),
+        "seconds": [rounded(s) for s in relay],
+        "goodput_p50_mbit_s": rounded(size * 8 / percentile(relay, 50) / 1e6),
         "tcp_p50_s": rounded(percentile(tcp, 50)),
         "tcp_p95_s": rounded(tcp_p95),
         "tcp_seconds": [rounded(s) for s in tcp],
@@ -387,6 +554,15 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_p95_vs_tcp": rounded(ratio),
         "target_ratio": TARGET_RATIO,
         "meets_target": bool(ratio <= TARGET_RATIO),
+        "data_channel_fallback": (
+            {
+                "high_water_bytes": PRODUCT_HIGH_WATER,
+                **_summary(channel),
+                "ratio_p95_vs_tcp": rounded(percentile(channel, 95) / tcp_p95),
+            }
+            if channel
+            else None
+        ),
         "variants": {
             _variant_name(hw): {
                 "high_water_bytes": hw,
@@ -412,18 +588,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transfers", type=int, default=10, help="stills per path (10)")
     parser.add_argument("--bytes", type=_size, default=4_000_000, help="JPEG size (4000000)")
     parser.add_argument(
+        "--channel-transfers",
+        type=int,
+        default=3,
+        help="also measure the data channel fallback this many times (3; 0: not at all)",
+    )
+    parser.add_argument(
         "--high-water",
         type=_size,
         action="append",
         default=None,
-        help="also measure the data channel with this queue limit (repeatable; default 1m)",
+        help="also measure the data channel with this queue limit (repeatable)",
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="per transfer, s (120)")
     parser.add_argument("--pause", type=float, default=0.5, help="between transfers, s (0.5)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    if args.high_water is None:
-        args.high_water = [1 << 20]
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
