@@ -129,6 +129,7 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
                 booth_id="seiseki-1",
                 credential=signaling.booth_credentials["seiseki-1"],
                 server_url=f"{signaling.ws_url}/ws/booth",
+                console_url=console_url,  # document stills through the still relay
                 kiosk_port=kiosk_port,
                 devices=DeviceConfig(video_width=320, video_height=240, video_fps=15),
                 ice_host_addresses=["127.0.0.1"],

@@ -2,9 +2,11 @@
 
 Same set-up as test_console_browser.py (signaling, console and booth agent in this process,
 one seeded SQLite file). Staff press 書類を撮影; the booth's simulated document camera takes
-a 3508x2480 JPEG that crosses the call's data channel; the page checks size and SHA-256,
-shows it, zooms, pans and rotates it, and 保存 stores exactly the booth's bytes with one
-audit record. The resident's kiosk button and a corrupted transfer are covered too.
+a 3508x2480 JPEG that reaches the page sealed through the console's still relay; the page
+opens it, checks size and SHA-256, shows it, zooms, pans and rotates it, and 保存 stores
+exactly the booth's bytes with one audit record. The booth's video keeps playing
+throughout. The resident's kiosk button and a corrupted transfer on the data channel are
+covered too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 from pathlib import Path
 
 import jsonschema
-from playwright.async_api import Playwright, expect
+from playwright.async_api import Page, Playwright, expect
 from sqlalchemy import select
 
 from booth.call import CallState
@@ -45,8 +47,19 @@ CORRUPT = "画像が壊れています。もう一度撮影してください"
 async def _stored(database_url: str) -> tuple[list[DocumentStill], list[AuditRecord]]:
     async with open_engine(database_url) as engine, session_factory(engine)() as s:
         stills = list((await s.scalars(select(DocumentStill))).all())
-        audit = list((await s.scalars(select(AuditRecord))).all())
+        audit = list(
+            (await s.scalars(select(AuditRecord).where(AuditRecord.action == "still_saved"))).all()
+        )
     return stills, audit
+
+
+async def _video_keeps_playing(page: Page) -> None:
+    """The booth's video at staff decodes new frames (more than 5 in a second)."""
+    frames = "document.getElementById('remote-video').getVideoPlaybackQuality().totalVideoFrames"
+    before = await page.evaluate(frames)
+    await page.wait_for_timeout(1000)
+    after = await page.evaluate(frames)
+    assert after - before > 5, f"the booth's video stalled: {before} → {after} frames"
 
 
 async def test_staff_take_view_and_save_a_document_still(
@@ -78,6 +91,9 @@ async def test_staff_take_view_and_save_a_document_still(
         assert shown["naturalWidth"] == 3508 and shown["naturalHeight"] == 2480
         assert shown["sha256"] == hashlib.sha256(jpeg).hexdigest()
         assert shown["size"] == len(jpeg) and shown["origin"] == "staff"
+        assert shown["relayed"] is True
+        # The booth's face video did not stall while the still travelled.
+        await _video_keeps_playing(page)
         image = page.locator("#still-image")
         assert (await image.get_attribute("src") or "").startswith("blob:")
 
@@ -140,6 +156,7 @@ async def test_staff_take_view_and_save_a_document_still(
         shown = await page.evaluate("window.ekichikaStill.still")
         assert shown["origin"] == "resident" and shown["savedId"] is None
         assert shown["sha256"] == hashlib.sha256(camera.taken[1].jpeg).hexdigest()
+        assert shown["relayed"] is True
         await kiosk.close()
 
         # A corrupted transfer is not shown.
@@ -153,6 +170,7 @@ async def test_staff_take_view_and_save_a_document_still(
         assert await send_still(call, offer, bytes(corrupted))
         await expect(page.locator("#still-status")).to_have_text(CORRUPT, timeout=20_000)
         await expect(viewer).to_be_hidden()
+        await _video_keeps_playing(page)  # also after 2.6 MB on the data channel
         assert len((await _stored(system.database_url))[0]) == 1
 
         # What the page sent on the data channel follows the schema (channel peer_data).
