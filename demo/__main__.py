@@ -101,6 +101,7 @@ def write_configs(root: Path, ports: Ports, secrets_: dict[str, str]) -> dict[st
                 f"booth_id = {_toml_str(DEMO_BOOTH)}",
                 f"credential = {_toml_str(secrets_['booth:' + DEMO_BOOTH])}",
                 f'server_url = "ws://127.0.0.1:{ports.signaling}/ws/booth"',
+                f'console_url = "http://127.0.0.1:{ports.console}"',
                 'kiosk_host = "127.0.0.1"',
                 f"kiosk_port = {ports.kiosk}",
                 "",
