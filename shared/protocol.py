@@ -677,11 +677,20 @@ class PrintJobState(StrEnum):
     CANCELLED = "cancelled"
 
 
+class DocumentFetch(Model):
+    """Where the booth fetches an A4 document instead of receiving it in chunks: a one-time
+    token for ``GET /api/booth/documents/{token}`` on the HQ console (short-lived, bound to
+    the document, this booth and this session). Issued certificates travel this way."""
+
+    token: RelayToken
+
+
 class PrintJobRequest(Model):
     """Staff → booth: print a document. ``job_id`` is chosen by staff (a UUID): the same id
     again never prints twice. ``title`` names the job in print queues and logs and never
     holds personal data. ``receipt``: the receipt itself (target ``receipt``); for ``a4``
-    the PDF follows in ``print_job_chunk`` messages and must match ``size`` and ``sha256``."""
+    the PDF follows in ``print_job_chunk`` messages, or, with ``fetch``, the booth fetches
+    it from the console; either way it must match ``size`` and ``sha256``."""
 
     type: Literal["print_job"] = "print_job"
     job_id: Ident
@@ -690,6 +699,7 @@ class PrintJobRequest(Model):
     receipt: ReceiptDocument | None = None
     size: Annotated[int, Field(ge=1, le=PRINT_MAX_DOCUMENT_BYTES)] | None = None
     sha256: Sha256Hex | None = None
+    fetch: DocumentFetch | None = None  # a4 only: no chunks follow
 
 
 class PrintJobChunk(Model):
@@ -709,6 +719,11 @@ class PrintJobCommand(Model):
     type: Literal["print_job_command"] = "print_job_command"
     job_id: Ident
     action: Literal["reprint", "cancel"]
+    # An authorised reprint of a fetched document: ``reprint_no`` counts the reprints HQ
+    # authorised (1, 2 …); the booth prints once per number, never again for a repeat of
+    # the same command. ``fetch``: where to get the document if the booth no longer has it.
+    reprint_no: Annotated[int, Field(ge=1, le=1000)] | None = None
+    fetch: DocumentFetch | None = None
 
 
 class PrintJobStatus(Model):
