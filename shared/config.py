@@ -92,6 +92,8 @@ class ConsoleConfig(BaseSettings):
     # The public verification page: lookups per source address within the window.
     verify_max_lookups: int = 20
     verify_window_s: float = 600.0
+    # Delivery of issued certificates to the booth: the one-time fetch token's lifetime.
+    document_token_ttl_s: float = 120.0
 
 
 class DeviceConfig(BaseModel):
@@ -131,6 +133,10 @@ class BoothConfig(BaseSettings):
     # "": stills go on the call's data channel only).
     console_url: str = ""
     console_timeout_s: float = 120.0  # one upload to the console, end to end
+    # Root certificates of the city's issuing CA: certificates fetched from the console are
+    # printed only if their PDF signature validates against one of them ([]: the SHA-256 is
+    # checked, the signature is not).
+    issuing_ca_paths: list[str] = []
     kiosk_host: str = "127.0.0.1"
     kiosk_port: int = 8081
     devices: DeviceConfig = DeviceConfig()
