@@ -14,7 +14,18 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from shared.protocol import Ident, Model, ShortText
+from shared.protocol import (
+    FormCorrectionReason,
+    FormFieldIdent,
+    FormIdent,
+    FormLabel,
+    FormRevision,
+    FormSignaturePoint,
+    FormViewSection,
+    Ident,
+    Model,
+    ShortText,
+)
 
 KIOSK_PROTOCOL_VERSION = 1
 
@@ -93,6 +104,57 @@ class StillTouched(Model):
     type: Literal["still_touched"] = "still_touched"
 
 
+# -- forms (書かない窓口): the filled form on the screen, corrections and the signature ------
+
+KIOSK_STROKE_MAX_POINTS = 300
+"""Points in one ``form_stroke`` message (a longer stroke is sent as several): each message
+stays far below the kiosk socket's 16 KiB limit."""
+
+
+class FormCorrectionTouched(Model):
+    """訂正をお願いする: the reason the resident chose (and the row they touched, if any)."""
+
+    type: Literal["form_correction"] = "form_correction"
+    revision: FormRevision
+    reason: FormCorrectionReason
+    field_id: FormFieldIdent | None = None
+
+
+class FormStroke(Model):
+    """One finger stroke on the signature pad (or the next piece of a long one)."""
+
+    type: Literal["form_stroke"] = "form_stroke"
+    revision: FormRevision
+    attempt: Annotated[int, Field(ge=0)]  # the pad's attempt number (see KioskForm)
+    points: Annotated[
+        list[FormSignaturePoint], Field(min_length=1, max_length=KIOSK_STROKE_MAX_POINTS)
+    ]
+
+
+class FormSignClearTouched(Model):
+    """書き直す: throw the strokes away and start again."""
+
+    type: Literal["form_sign_clear"] = "form_sign_clear"
+    revision: FormRevision
+
+
+class FormSignConfirmTouched(Model):
+    """確定: the strokes sent so far are the signature."""
+
+    type: Literal["form_sign_confirm"] = "form_sign_confirm"
+    revision: FormRevision
+    attempt: Annotated[int, Field(ge=0)]
+    stroke_count: Annotated[int, Field(ge=1, le=1000)]  # what the page drew: checked
+    pad_aspect_ratio: Annotated[float, Field(ge=0.2, le=10.0, allow_inf_nan=False)]
+
+
+class FormSignCancelTouched(Model):
+    """やめる on the signature pad: back to the form."""
+
+    type: Literal["form_sign_cancel"] = "form_sign_cancel"
+    revision: FormRevision
+
+
 PageToAgent = Annotated[
     ChooseLanguage
     | RequestHelpTouched
@@ -103,7 +165,12 @@ PageToAgent = Annotated[
     | PinEntered
     | CardCancelTouched
     | CardDismissTouched
-    | StillTouched,
+    | StillTouched
+    | FormCorrectionTouched
+    | FormStroke
+    | FormSignClearTouched
+    | FormSignConfirmTouched
+    | FormSignCancelTouched,
     Field(discriminator="type"),
 ]
 
@@ -138,6 +205,31 @@ class KioskCardPrompt(Model):
     attempt: Annotated[int, Field(ge=0)] = 0  # a new number clears the page's PIN pad
 
 
+class KioskFormStage(StrEnum):
+    REVIEW = "review"  # the filled form, 訂正をお願いする
+    SIGNING = "signing"  # the signature pad
+    SIGNED = "signed"  # 職員が確認しています
+    SUBMITTED = "submitted"  # the staff member accepted the application
+
+
+class KioskForm(Model):
+    """The form shown over the call screen (the call's video stays in a corner)."""
+
+    form_id: FormIdent
+    revision: FormRevision
+    stage: KioskFormStage
+    title_ja: FormLabel
+    title_en: FormLabel
+    declaration_ja: FormLabel = ""
+    declaration_en: FormLabel = ""
+    sections: list[FormViewSection]
+    # the reason of the last correction asked for on this revision (shown as sent)
+    correction: FormCorrectionReason | None = None
+    correction_field_id: FormFieldIdent | None = None
+    attempt: Annotated[int, Field(ge=0)] = 0  # a new number clears the page's signature pad
+    strokes: Annotated[int, Field(ge=0)] = 0  # strokes the agent holds for this attempt
+
+
 class ScreenState(Model):
     """Everything the page shows, sent whole whenever something changes."""
 
@@ -158,6 +250,7 @@ class ScreenState(Model):
     error: ShortText | None = None  # a short reason shown to the resident
     card: KioskCardPrompt | None = None  # the My Number card read, during a call
     still_busy: bool = False  # a document still is being taken or sent
+    form: KioskForm | None = None  # a form to check and sign, during a call
 
 
 class KioskError(Model):

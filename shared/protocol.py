@@ -18,7 +18,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PROTOCOL_VERSION = 1
 
@@ -749,6 +749,143 @@ class PrintJobRejected(Model):
     reason: ShortText
 
 
+# -- forms (書かない窓口): the staff member's filled form, checked and signed at the booth --------
+
+# The staff member fills the form in the console; the console stores each shown state as a
+# numbered revision (``POST /api/sessions/{sid}/forms/{form_id}/show``) and sends it as
+# ``form_show``. The booth shows it, the resident asks for a correction or signs. A signature
+# belongs to the revision it was made on: a new ``form_show`` (the staff member edited after
+# a correction) makes any older signature worthless, and the console refuses to submit one.
+FORM_MAX_SECTIONS = 30
+FORM_MAX_ITEMS = 120
+FORM_SIGNATURE_MAX_STROKES = 64
+FORM_SIGNATURE_MAX_STROKE_POINTS = 1000
+FORM_SIGNATURE_MAX_POINTS = 1500
+"""A whole signature stays under 64 KiB of JSON (about 34 bytes a point at 4 decimals)."""
+FormIdent = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9-]*$")]
+FormFieldIdent = Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[a-z][a-z0-9_]*$")]
+FormRevision = Annotated[int, Field(ge=1, le=1_000_000)]
+FormText = Annotated[str, Field(max_length=2000)]
+FormLabel = Annotated[str, Field(max_length=600)]
+
+
+class FormViewItem(Model):
+    """One field as the resident sees it (``shared.forms.DisplayItem`` without the type)."""
+
+    field_id: FormFieldIdent
+    label_ja: FormLabel
+    label_en: FormLabel
+    value_ja: FormText  # "" when empty; dates in both calendars, choices by label
+    value_en: FormText
+    required: bool = False
+    filled: bool = False
+
+
+class FormViewSection(Model):
+    section_id: FormFieldIdent
+    title_ja: FormLabel
+    title_en: FormLabel
+    items: Annotated[list[FormViewItem], Field(max_length=FORM_MAX_ITEMS)]
+
+
+class FormShow(Model):
+    """Staff → booth: show this revision of the form for checking (replaces any earlier
+    one; a signature of an earlier revision is dropped)."""
+
+    type: Literal["form_show"] = "form_show"
+    form_id: FormIdent
+    revision: FormRevision
+    title_ja: FormLabel
+    title_en: FormLabel
+    declaration_ja: FormLabel = ""
+    declaration_en: FormLabel = ""
+    sections: Annotated[list[FormViewSection], Field(max_length=FORM_MAX_SECTIONS)]
+
+
+class FormSignRequest(Model):
+    """Staff → booth: ask the resident to sign ``revision`` (the one on the screen)."""
+
+    type: Literal["form_sign_request"] = "form_sign_request"
+    form_id: FormIdent
+    revision: FormRevision
+
+
+class FormClose(Model):
+    """Staff → booth: take the form off the screen (submitted, or abandoned)."""
+
+    type: Literal["form_close"] = "form_close"
+    form_id: FormIdent | None = None  # None: whatever form is shown
+    submitted: bool = False  # the application was accepted (the kiosk says so)
+
+
+class FormCorrectionReason(StrEnum):
+    """What the resident chose on the kiosk (no typing at the booth)."""
+
+    NAME = "name"  # 氏名が違う
+    ADDRESS = "address"  # 住所が違う
+    BIRTH_DATE = "birth_date"  # 生年月日が違う
+    FIELD = "field"  # この項目が違う (with field_id)
+    OTHER = "other"  # その他（職員に口頭で伝える）
+
+
+class FormCorrectionRequest(Model):
+    """Booth → staff: the resident asks for a correction of ``revision``."""
+
+    type: Literal["form_correction_request"] = "form_correction_request"
+    form_id: FormIdent
+    revision: FormRevision
+    reason: FormCorrectionReason
+    field_id: FormFieldIdent | None = None  # the row the resident touched, if any
+
+
+class FormSignaturePoint(Model):
+    """A point of the pad: x to the right, y down, both 0..1; ``t`` ms since the first."""
+
+    x: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+    y: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+    t: Annotated[int, Field(ge=0, le=3_600_000)]
+
+
+FormSignatureStroke = Annotated[
+    list[FormSignaturePoint], Field(min_length=1, max_length=FORM_SIGNATURE_MAX_STROKE_POINTS)
+]
+
+
+class FormSignatureStrokes(Model):
+    """The finger strokes, as ``shared.forms.Signature`` takes them (same field names)."""
+
+    strokes: Annotated[
+        list[FormSignatureStroke], Field(min_length=1, max_length=FORM_SIGNATURE_MAX_STROKES)
+    ]
+    pad_aspect_ratio: Annotated[float, Field(ge=0.2, le=10.0, allow_inf_nan=False)]
+
+    @model_validator(mode="after")
+    def _bounded(self) -> FormSignatureStrokes:
+        total = sum(len(s) for s in self.strokes)
+        if total > FORM_SIGNATURE_MAX_POINTS:
+            raise ValueError(
+                f"a signature has at most {FORM_SIGNATURE_MAX_POINTS} points (got {total})"
+            )
+        return self
+
+
+class FormSignature(Model):
+    """Booth → staff: the resident signed ``revision`` and pressed 確定."""
+
+    type: Literal["form_signature"] = "form_signature"
+    form_id: FormIdent
+    revision: FormRevision
+    signature: FormSignatureStrokes
+
+
+class FormSignCancelled(Model):
+    """Booth → staff: the resident left the signature pad without signing (やめる)."""
+
+    type: Literal["form_sign_cancelled"] = "form_sign_cancelled"
+    form_id: FormIdent
+    revision: FormRevision
+
+
 PeerData = Annotated[
     CardReadRequest
     | CardReadCancel
@@ -764,6 +901,12 @@ PeerData = Annotated[
     | PrintJobChunk
     | PrintJobCommand
     | PrintJobStatus
-    | PrintJobRejected,
+    | PrintJobRejected
+    | FormShow
+    | FormSignRequest
+    | FormClose
+    | FormCorrectionRequest
+    | FormSignature
+    | FormSignCancelled,
     Field(discriminator="type"),
 ]
