@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from yarl import URL
 
-from hq_console import pages
+from hq_console import forms_api, pages
 from hq_console.auth import (
     LoginThrottle,
     SignedInStaff,
@@ -555,4 +555,5 @@ def create_app(config: ConsoleConfig, *, throttle: LoginThrottle | None = None) 
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
     setup_issuance(app)
+    forms_api.setup_forms(app)
     return app

@@ -92,6 +92,11 @@ class ConsoleConfig(BaseSettings):
     # The public verification page: lookups per source address within the window.
     verify_max_lookups: int = 20
     verify_window_s: float = 600.0
+    # Forms (docs/forms.md): a draft holds the resident's data until the application is
+    # submitted; drafts left behind are deleted this long after their call ended (and any
+    # draft not saved for session_ttl_s), checked every form_draft_purge_interval_s.
+    form_draft_retention_s: float = 1800.0
+    form_draft_purge_interval_s: float = 300.0
     # Delivery of issued certificates to the booth: the one-time fetch token's lifetime.
     document_token_ttl_s: float = 120.0
 
