@@ -23,6 +23,7 @@ from booth.device_report import DeviceStatusReporter
 from booth.devices.hub import BoothDevices
 from booth.document_camera import DocumentCamera
 from booth.document_still import DocumentStillFlow
+from booth.form_view import FORM_MESSAGES, FORM_TOUCHES, FormViewFlow
 from booth.ice import restrict_host_addresses
 from booth.media import BoothMedia, FrameBuffer, open_media
 from booth.print_jobs import PRINT_MESSAGES, PrintJobFlow
@@ -111,6 +112,8 @@ class BoothAgent:
         self.stills = DocumentStillFlow(
             lambda: self.document_camera, console=self.console, on_change=self._publish
         )
+        # The form the staff member filled, checked and signed here (booth/form_view.py).
+        self.forms = FormViewFlow(on_change=self._publish)
         # Print jobs HQ sends during a call, into the print spool (booth/print_jobs.py).
         self.printing = PrintJobFlow(lambda: self.devices.spool)
 
@@ -162,6 +165,7 @@ class BoothAgent:
         if self.console is not None:
             await self.console.aclose()
         await self.printing.aclose()
+        await self.forms.aclose()
         if self.call is not None:
             await self.call.aclose()
         if self.device_reporter is not None:
@@ -224,6 +228,7 @@ class BoothAgent:
             )
             fields["card"] = self.card_read.prompt()
             fields["still_busy"] = self.stills.busy
+            fields["form"] = self.forms.kiosk_form()
         elif not connected:
             screen = KioskScreen.CONNECTION_LOST
             fields["request_kept"] = (
@@ -289,6 +294,8 @@ class BoothAgent:
             case StillTouched():
                 if call is not None and call.state is CallState.IN_CALL:
                     self.stills.resident_request()
+            case _ if isinstance(message, FORM_TOUCHES):
+                self.forms.on_touch(message)
             case BackToStartTouched():
                 if call is not None and call.state in WAITING_STATES:
                     await call.cancel()
@@ -323,6 +330,7 @@ class BoothAgent:
         self.card_read.attach(call)
         self.stills.attach(call)
         self.printing.attach(call)
+        self.forms.attach(call)
         self.phase = VisitPhase.CALL
         self.keep_waiting = False
         self.error = None
@@ -335,6 +343,8 @@ class BoothAgent:
             await self.printing.on_peer_data(message)
         elif isinstance(message, StillRequest):
             await self.stills.on_peer_data(message)
+        elif isinstance(message, FORM_MESSAGES):
+            await self.forms.on_peer_data(message)
         else:
             await self.card_read.on_peer_data(message)
 
@@ -362,6 +372,7 @@ class BoothAgent:
             self.card_read.detach()  # nothing of the read outlives the call
             self.stills.detach()
             self.printing.detach()  # the spool keeps the call's jobs and their states
+            self.forms.detach()
         if call.finished and self.phase is VisitPhase.CALL:
             if call.closed_reason == "cancelled" and call.started is None:
                 pass  # cancelled by the resident: _go_to_start follows
