@@ -22,6 +22,7 @@ from booth.console_client import ConsoleClient
 from booth.device_report import DeviceStatusReporter
 from booth.devices.hub import BoothDevices
 from booth.document_camera import DocumentCamera
+from booth.document_check import DocumentCheck
 from booth.document_still import DocumentStillFlow
 from booth.form_view import FORM_MESSAGES, FORM_TOUCHES, FormViewFlow
 from booth.ice import restrict_host_addresses
@@ -115,7 +116,12 @@ class BoothAgent:
         # The form the staff member filled, checked and signed here (booth/form_view.py).
         self.forms = FormViewFlow(on_change=self._publish)
         # Print jobs HQ sends during a call, into the print spool (booth/print_jobs.py).
-        self.printing = PrintJobFlow(lambda: self.devices.spool)
+        # Certificates HQ issues are fetched from the console and checked before printing.
+        self.printing = PrintJobFlow(
+            lambda: self.devices.spool,
+            console=self.console,
+            check=DocumentCheck.from_paths(config.issuing_ca_paths),
+        )
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -63,6 +63,34 @@ class ConsoleClient:
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as err:
             raise ConsoleUnavailable(f"the console is unreachable: {err!r}") from err
 
+    async def fetch_document(self, token: str, *, max_bytes: int) -> bytes:
+        """Fetch a document HQ issued for this booth with its one-time token (``GET
+        /api/booth/documents/{token}``). Never retried: a second request with the same
+        token is refused by the console."""
+        url = f"{self.base_url}/api/booth/documents/{token}"
+        try:
+            async with self._session().get(url) as response:
+                if response.status != 200:
+                    body = await response.json(content_type=None)
+                    code = str(body.get("error", "error")) if isinstance(body, dict) else "error"
+                    raise ConsoleUnavailable(
+                        f"the console refused the document ({response.status} {code})",
+                        code=code,
+                        status=response.status,
+                    )
+                if response.content_length is not None and response.content_length > max_bytes:
+                    raise ConsoleUnavailable("the document is too large", code="too_large")
+                parts: list[bytes] = []
+                total = 0
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise ConsoleUnavailable("the document is too large", code="too_large")
+                    parts.append(chunk)
+                return b"".join(parts)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+            raise ConsoleUnavailable(f"the console is unreachable: {err!r}") from err
+
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.close()

@@ -6,6 +6,15 @@ flow checks what arrived, submits it to :class:`~booth.spool.PrintSpool` with th
 id as owner and the job id staff chose (so a resend after a reconnect prints nothing
 twice), and sends every state change of the session's jobs back as ``print_job_status``.
 
+A certificate HQ issued does not travel on the data channel: its ``print_job`` carries
+``fetch`` (a one-time token) with the PDF's size and SHA-256. The booth fetches the PDF from
+the console (:meth:`ConsoleClient.fetch_document`, once, never retried with the same token),
+checks the digest and the PDF signature (:class:`booth.document_check.DocumentCheck`) and
+only then submits it to the spool. A refused or failed fetch, or a document that fails a
+check, is reported as ``print_job_status`` ``failed`` with a Japanese reason, and nothing
+is printed. An authorised reprint (``print_job_command`` with ``reprint_no``) prints once
+per number; the booth fetches the document again only if the spool no longer keeps it.
+
 The spool decides everything about printing: a job waits ``queued`` while the printer is
 off or out of paper, a job that may be on paper is never printed again except on an
 explicit ``reprint`` command. A job of a call that has ended stays in the spool with its
@@ -21,15 +30,18 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
+from booth.console_client import ConsoleClient, ConsoleUnavailable
 from booth.devices.receipt import Receipt
-from booth.spool import JobRecord, PrintJob, PrintSpool, PrintTarget, SpoolError
+from booth.document_check import NOT_PRINTED, DocumentCheck
+from booth.spool import TERMINAL_STATES, JobRecord, PrintJob, PrintSpool, PrintTarget, SpoolError
 from shared.protocol import (
     PRINT_MAX_DOCUMENT_BYTES,
+    DocumentFetch,
     Model,
     PrintJobChunk,
     PrintJobCommand,
@@ -44,6 +56,28 @@ logger = logging.getLogger(__name__)
 MAX_UPLOADS: Final = 4  # A4 documents being received at the same time, per call
 
 PRINT_MESSAGES: Final = (PrintJobRequest, PrintJobChunk, PrintJobCommand)
+
+# Why a fetch failed, by the console's refusal code (Japanese, for staff).
+_FETCH_REFUSALS: Final = {
+    "token_used": "受け取り用の鍵はすでに使われています",
+    "token_expired": "受け取り用の鍵の有効期限が切れています",
+    "unknown_token": "受け取り用の鍵が無効です",
+    "other_booth": "このブース宛ての文書ではありません",
+    "session_ended": "通話が終了しています",
+    "revoked": "この証明書は失効しています",
+    "unauthenticated": "ブースの認証に失敗しました",
+    "throttled": "ブースの認証が一時的に制限されています",
+    "too_large": "文書が大きすぎます",
+}
+NO_CONSOLE = "このブースには本庁コンソールの接続先が設定されていないため、文書を受け取れません。"
+
+
+def fetch_failure(err: ConsoleUnavailable) -> str:
+    """The Japanese reason staff see when the booth could not fetch a document."""
+    why = _FETCH_REFUSALS.get(err.code)
+    if why is None:
+        return "本庁のコンソールから文書を受け取れませんでした（接続できません）。" + NOT_PRINTED
+    return f"本庁のコンソールが文書の受け取りを拒否しました（{why}）。" + NOT_PRINTED
 
 
 class PrintChannel(Protocol):
@@ -77,10 +111,19 @@ def job_status(record: JobRecord) -> PrintJobStatus:
 class PrintJobFlow:
     """Print requests of the booth's current call (one call at a time)."""
 
-    def __init__(self, spool: Callable[[], PrintSpool | None]) -> None:
+    def __init__(
+        self,
+        spool: Callable[[], PrintSpool | None],
+        *,
+        console: ConsoleClient | None = None,
+        check: DocumentCheck | None = None,
+    ) -> None:
         self._spool = spool
+        self._console = console
+        self._check = check or DocumentCheck([])
         self._channel: PrintChannel | None = None
         self._uploads: dict[str, _Upload] = {}
+        self._fetching: set[str] = set()  # job ids whose document is being fetched
         self._watched: PrintSpool | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -104,7 +147,10 @@ class PrintJobFlow:
 
     def channel_open(self) -> None:
         """The data channel (re)opened: tell staff the state of the session's jobs."""
-        task = asyncio.get_running_loop().create_task(self._send_all(), name="print statuses")
+        self._spawn(self._send_all(), "print statuses")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -133,6 +179,23 @@ class PrintJobFlow:
                 logger.info("ignored %s on the data channel", type(message).__name__)
 
     async def _request(self, request: PrintJobRequest) -> None:
+        if request.fetch is not None:
+            if request.target != "a4" or request.size is None or request.sha256 is None:
+                self._reject(
+                    request.job_id, "a fetched document is an A4 PDF with its size and SHA-256"
+                )
+                return
+            if await self._known(request.job_id):
+                return  # a resend: nothing new is printed (its state went to staff)
+            if request.job_id in self._fetching:
+                return
+            session_id = self._session_id()
+            if session_id is None:
+                self._reject(request.job_id, "the booth cannot print now")
+                return
+            self._fetching.add(request.job_id)
+            self._spawn(self._fetch_and_submit(request, session_id), f"fetch {request.job_id}")
+            return
         if request.target == "receipt":
             self._uploads.pop(request.job_id, None)
             if request.receipt is None:
@@ -216,6 +279,102 @@ class PrintJobFlow:
             if record is not None:
                 self._send(job_status(record))
 
+    # ---------------------------------------------------------------- fetched documents
+
+    async def _known(self, job_id: str) -> bool:
+        """A job the spool already has: tell staff where it is (or refuse a foreign id)."""
+        spool, session_id = self._spool(), self._session_id()
+        if spool is None or session_id is None:
+            return False
+        record = await spool.job(job_id)
+        if record is None:
+            return False
+        if record.owner != session_id:
+            self._reject(job_id, "this job id belongs to another call")
+        else:
+            self._send(job_status(record))
+        return True
+
+    async def _fetch(
+        self, job_id: str, fetch: DocumentFetch, size: int | None, sha256: str
+    ) -> bytes | str:
+        """The checked document, or why it cannot be printed (Japanese)."""
+        if self._console is None:
+            return NO_CONSOLE + NOT_PRINTED
+        try:
+            document = await self._console.fetch_document(
+                fetch.token, max_bytes=size or PRINT_MAX_DOCUMENT_BYTES
+            )
+        except ConsoleUnavailable as err:
+            logger.warning("print job %s: fetch failed (%s, %s)", job_id, err.status, err.code)
+            return fetch_failure(err)
+        problem = await self._check.problem(document, size=size, sha256=sha256)
+        if problem is not None:
+            logger.warning("print job %s: fetched document refused: %s", job_id, problem)
+            return problem
+        return document
+
+    async def _fetch_and_submit(self, request: PrintJobRequest, session_id: str) -> None:
+        try:
+            assert request.fetch is not None and request.size is not None
+            assert request.sha256 is not None
+            got = await self._fetch(request.job_id, request.fetch, request.size, request.sha256)
+            if isinstance(got, str):
+                self._failed(request.job_id, got)
+                return
+            if self._session_id() != session_id:
+                logger.warning("print job %s: the call ended during the fetch", request.job_id)
+                return
+            await self._submit(request, got)
+        finally:
+            self._fetching.discard(request.job_id)
+
+    async def _reprint_fetched(self, command: PrintJobCommand, record: JobRecord) -> None:
+        """An authorised reprint: once per ``reprint_no``; the document is fetched again
+        only when the spool no longer keeps it."""
+        spool = self._spool()
+        if spool is None:
+            return
+        by = f"HQ (session {record.owner}, reprint {command.reprint_no})"
+        try:
+            try:
+                new = await spool.reprint(command.job_id, by=by, number=command.reprint_no)
+            except SpoolError:
+                if command.fetch is None:
+                    raise
+                fetched = await self._fetch_again(command, record)
+                if fetched is None:
+                    return
+                new = await spool.reprint(
+                    command.job_id, by=by, number=command.reprint_no, document=fetched
+                )
+        except SpoolError as err:
+            self._reject(command.job_id, str(err))
+            return
+        if new == record:
+            if record.state not in TERMINAL_STATES:
+                self._reject(command.job_id, "印刷が終わっていないため、再印刷できません。")
+            self._send(job_status(new))
+
+    async def _fetch_again(self, command: PrintJobCommand, record: JobRecord) -> bytes | None:
+        spool = self._spool()
+        assert command.fetch is not None and spool is not None
+        digest = await spool.digest(command.job_id)
+        if digest is None:
+            return None
+        self._fetching.add(command.job_id)
+        try:
+            # The spool keeps the digest the job was submitted with: the same bytes again.
+            got = await self._fetch(command.job_id, command.fetch, None, digest)
+        finally:
+            self._fetching.discard(command.job_id)
+        if isinstance(got, str):
+            self._reject(command.job_id, got)
+            return None
+        return got
+
+    # ---------------------------------------------------------------- commands
+
     async def _command(self, command: PrintJobCommand) -> None:
         spool, session_id = self._spool(), self._session_id()
         if spool is None or session_id is None:
@@ -224,6 +383,12 @@ class PrintJobFlow:
         record = await spool.job(command.job_id)
         if record is None or record.owner != session_id:
             self._reject(command.job_id, "no such print job in this call")
+            return
+        if command.action == "reprint" and (command.reprint_no is not None or command.fetch):
+            if command.job_id in self._fetching:
+                self._reject(command.job_id, "文書を受信中です。")
+                return
+            await self._reprint_fetched(command, record)
             return
         by = f"HQ (session {session_id})"
         try:
@@ -251,6 +416,21 @@ class PrintJobFlow:
         for record in await spool.jobs():
             if record.owner == session_id:
                 self._send(job_status(record))
+
+    def _failed(self, job_id: str, reason: str) -> None:
+        """A job that never reached the spool (its document could not be fetched or
+        failed a check): staff see it failed, with the reason."""
+        logger.warning("print job %s failed before printing", job_id)
+        self._send(
+            PrintJobStatus(
+                job_id=job_id,
+                state=PrintJobState.FAILED,
+                reason=reason[:200],
+                attempts=0,
+                reprints=0,
+                updated_at=datetime.now(UTC),
+            )
+        )
 
     def _reject(self, job_id: str, reason: str) -> None:
         logger.warning("print job %s rejected: %s", job_id, reason)

@@ -130,6 +130,7 @@ CREATE TABLE IF NOT EXISTS print_jobs (
     device_ref TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     reprints INTEGER NOT NULL DEFAULT 0,
+    authorised_reprint INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -230,6 +231,11 @@ class PrintSpool:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(print_jobs)")}
+        if "authorised_reprint" not in columns:  # a spool from before numbered reprints
+            conn.execute(
+                "ALTER TABLE print_jobs ADD COLUMN authorised_reprint INTEGER NOT NULL DEFAULT 0"
+            )
         self._conn = conn
 
     async def aclose(self) -> None:
@@ -340,6 +346,15 @@ class PrintSpool:
         )
         return None if row is None else _record(row)
 
+    async def digest(self, job_id: str) -> str | None:
+        """The SHA-256 (hex) of the job's document, as submitted; None for an unknown job."""
+        row = await self._db(
+            lambda c: c.execute(
+                "SELECT digest FROM print_jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
     async def jobs(self, states: Iterable[JobState] | None = None) -> list[JobRecord]:
         """Jobs in submission order, optionally only those in ``states``."""
         wanted = None if states is None else {s.value for s in states}
@@ -358,22 +373,52 @@ class PrintSpool:
         logger.info("print job %s cancelled by %s", job_id, by)
         return await self._transition(record, JobState.CANCELLED, f"cancelled by {by}")
 
-    async def reprint(self, job_id: str, *, by: str) -> JobRecord:
+    async def reprint(
+        self, job_id: str, *, by: str, number: int | None = None, document: bytes | None = None
+    ) -> JobRecord:
         """Queue a printed, failed or cancelled job again: the explicit command for a job
-        that may already be on paper. A job still queued or printing is left as it is."""
+        that may already be on paper. A job still queued or printing is left as it is.
+
+        ``number``: the sender's count of authorised reprints of this job (1, 2 …). A
+        number the spool has already carried out changes nothing, so that a repeated
+        command never prints again. ``document``: the job's document again, for a job whose
+        document the spool no longer keeps (it must be the same bytes)."""
         record = await self._require(job_id)
+        done, kept, digest = await self._db(
+            lambda c: c.execute(
+                "SELECT authorised_reprint, length(document), digest FROM print_jobs"
+                " WHERE job_id = ?",
+                (job_id,),
+            ).fetchone()
+        )
+        if number is not None and int(done) >= number:
+            logger.info("print job %s: reprint %d was already carried out", job_id, number)
+            return record
         if record.state not in TERMINAL_STATES:
             return record
-        has_document = await self._db(
-            lambda c: c.execute(
-                "SELECT length(document) FROM print_jobs WHERE job_id = ?", (job_id,)
-            ).fetchone()[0]
-        )
-        if not has_document:
-            raise SpoolError(f"print job {job_id}: the document is no longer kept; send it again")
+        if not kept:
+            if document is None:
+                raise SpoolError(
+                    f"print job {job_id}: the document is no longer kept; send it again"
+                )
+            if hashlib.sha256(document).hexdigest() != digest:
+                raise SpoolError(f"print job {job_id}: not the document this job printed")
+
+            def restore(conn: sqlite3.Connection) -> None:
+                conn.execute(
+                    "UPDATE print_jobs SET document = ? WHERE job_id = ?", (document, job_id)
+                )
+
+            await self._db(restore)
         logger.info("print job %s: reprint requested by %s", job_id, by)
         new = await self._transition(
-            record, JobState.QUEUED, None, reprint=True, clear_ref=True, expect=TERMINAL_STATES
+            record,
+            JobState.QUEUED,
+            None,
+            reprint=True,
+            clear_ref=True,
+            expect=TERMINAL_STATES,
+            reprint_no=number,
         )
         self._wake[record.target].set()
         return new
@@ -445,6 +490,7 @@ class PrintSpool:
         clear_ref: bool = False,
         device_ref: str | None = None,
         expect: Iterable[JobState] | None = None,
+        reprint_no: int | None = None,
     ) -> JobRecord:
         """The one place a job changes state: committed, logged, reported."""
         allowed = [s.value for s in (expect if expect is not None else [record.state])]
@@ -455,7 +501,8 @@ class PrintSpool:
             cursor = conn.execute(
                 "UPDATE print_jobs SET state = ?, reason = ?, updated_at = ?,"
                 " attempts = attempts + ?, reprints = reprints + ?,"
-                " device_ref = CASE WHEN ? THEN NULL ELSE coalesce(?, device_ref) END"
+                " device_ref = CASE WHEN ? THEN NULL ELSE coalesce(?, device_ref) END,"
+                " authorised_reprint = max(authorised_reprint, ?)"
                 f" WHERE job_id = ? AND state IN ({marks})",
                 (
                     state.value,
@@ -465,6 +512,7 @@ class PrintSpool:
                     int(reprint),
                     int(clear_ref),
                     device_ref,
+                    reprint_no or 0,
                     record.job_id,
                     *allowed,
                 ),

@@ -128,7 +128,8 @@ async def _issuance_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def setup_issuance(app: web.Application) -> None:
     """Add issuance to the console app: the service (``app[ISSUANCE]``, built after the
-    database) and the public verification routes. Call once from ``create_app``."""
+    database), the public verification routes, the staff API and the booth's document fetch
+    (hq_console.issuance.api). Call once from ``create_app``."""
     from hq_console.app import CONFIG
 
     config = app[CONFIG]
@@ -137,3 +138,7 @@ def setup_issuance(app: web.Application) -> None:
     app.router.add_get("/verify", verify_form)
     app.router.add_get("/verify/assets/verify.css", verify_css)
     app.router.add_get("/verify/{code}", verify_result)
+    # The staff API and the booth's document fetch (imported here: it uses hq_console.app).
+    from hq_console.issuance.api import setup_issuance_api
+
+    setup_issuance_api(app)
