@@ -284,6 +284,7 @@ function render(snapshot) {
       break;
   }
   renderCard(snapshot.screen === "in_call" ? snapshot.card : null);
+  document.dispatchEvent(new CustomEvent("kiosk:screen", { detail: snapshot })); // kiosk-forms.js
   setVideo(snapshot.screen === "in_call");
   tick();
 }
@@ -371,6 +372,9 @@ document.addEventListener("click", (event) => {
   send(message);
 });
 document.addEventListener("contextmenu", (event) => event.preventDefault());
+
+// For the form screen (kiosk-forms.js): send a message, the current language.
+window.kiosk = { send, language: () => (state.snapshot ? state.snapshot.language : "ja") };
 
 setInterval(tick, 500);
 connect();
