@@ -1,7 +1,8 @@
 """Run the whole system on one machine: signaling, the HQ console and one simulated booth.
 
 Everything lives in ``./var/demo`` (SQLite file, generated secrets, the three config
-files). Each app runs in its own process, exactly as in production; this runner starts
+files, and the local test CA that signs the certificates the console issues, made on the
+first run). Each app runs in its own process, exactly as in production; this runner starts
 them, waits until each answers, prints the URLs and demo logins, and stops them on
 Ctrl-C. Running it again reuses the same database and secrets.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import aiohttp
 
+from hq_console.issuance.signing import LocalCaFiles, make_test_ca
 from shared.security import new_booth_credential
 from shared.store import create_engine, migrate, session_factory
 from shared.store.seed import BOOTHS, DEMO_ACCOUNTS, seed_demo
@@ -59,7 +61,26 @@ def _load_secrets(path: Path) -> dict[str, str]:
     return data
 
 
-def write_configs(root: Path, ports: Ports, secrets_: dict[str, str]) -> dict[str, Path]:
+def ensure_test_ca(root: Path) -> LocalCaFiles:
+    """The demo's local test CA (``make-test-ca`` into ``<root>/test-ca``), made on the
+    first run and reused afterwards: the console signs certificates with its issuing key,
+    the booth trusts its root."""
+    out = root / "test-ca"
+    files = LocalCaFiles(
+        root_cert=out / "test-root-ca.pem",
+        issuing_key=out / "issuing-key.pem",
+        issuing_cert=out / "issuing-cert.pem",
+        chain=(out / "test-root-ca.pem",),
+    )
+    if all(p.exists() for p in (files.root_cert, files.issuing_key, files.issuing_cert)):
+        return files
+    print("Creating the local test CA for certificates …", flush=True)
+    return make_test_ca(out)
+
+
+def write_configs(
+    root: Path, ports: Ports, secrets_: dict[str, str], ca: LocalCaFiles | None = None
+) -> dict[str, Path]:
     db_url = f"sqlite+aiosqlite:///{(root / 'ekichika.sqlite3').resolve()}"
     files = {
         "signaling": root / "signaling.toml",
@@ -90,6 +111,18 @@ def write_configs(root: Path, ports: Ports, secrets_: dict[str, str]) -> dict[st
                 f"token_secret = {_toml_str(secrets_['token_secret'])}",
                 f'signaling_url = "ws://127.0.0.1:{ports.signaling}/ws/staff"',
                 "auto_migrate = false",
+                f'public_base_url = "http://127.0.0.1:{ports.console}"',
+                *(
+                    [
+                        f"issuing_key_path = {_toml_str(str(ca.issuing_key.resolve()))}",
+                        f"issuing_cert_path = {_toml_str(str(ca.issuing_cert.resolve()))}",
+                        "issuing_chain_paths = ["
+                        + ", ".join(_toml_str(str(c.resolve())) for c in ca.chain)
+                        + "]",
+                    ]
+                    if ca is not None
+                    else []
+                ),
                 "",
             ]
         ),
@@ -102,6 +135,11 @@ def write_configs(root: Path, ports: Ports, secrets_: dict[str, str]) -> dict[st
                 f"credential = {_toml_str(secrets_['booth:' + DEMO_BOOTH])}",
                 f'server_url = "ws://127.0.0.1:{ports.signaling}/ws/booth"',
                 f'console_url = "http://127.0.0.1:{ports.console}"',
+                *(
+                    [f"issuing_ca_paths = [{_toml_str(str(ca.root_cert.resolve()))}]"]
+                    if ca is not None
+                    else []
+                ),
                 'kiosk_host = "127.0.0.1"',
                 f"kiosk_port = {ports.kiosk}",
                 "",
@@ -170,7 +208,8 @@ def _prepare_files(root: Path, ports: Ports) -> tuple[Path, dict[str, str], dict
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     secrets_ = _load_secrets(root / "secrets.json")
-    return logs, secrets_, write_configs(root, ports, secrets_)
+    ca = ensure_test_ca(root)
+    return logs, secrets_, write_configs(root, ports, secrets_, ca)
 
 
 async def run(root: Path, ports: Ports) -> int:
@@ -236,7 +275,9 @@ Ekichika demo is running.
 {accounts}
 
   Try it: sign in as sato, press 受付開始; on the kiosk page choose 日本語 → 市民課;
-  answer the ring in the console. Logs: {logs}
+  answer the ring in the console. Certificates: カード読み取り (PIN 1234 on the kiosk) →
+  証明書の発行 → 住民記録と照合 → 発行してブースで印刷 (signed with the local test CA in
+  {root / "test-ca"}; the simulated A4 printer keeps the PDFs). Logs: {logs}
   Press Ctrl-C to stop.
 """,
         flush=True,
