@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from booth.call import MEDIA_STATES, WAITING_STATES, CallState, RemoteCounterCall
 from booth.card_read import CardReadFlow
-from booth.console_client import ConsoleClient
+from booth.console_client import ConsoleClient, ConsoleUnavailable
 from booth.device_report import DeviceStatusReporter
 from booth.devices.hub import BoothDevices
 from booth.document_camera import DocumentCamera
@@ -98,7 +98,10 @@ class BoothAgent:
         self._closed = False
         self._lock = asyncio.Lock()
         # The My Number card read staff ask for during a call (booth/card_read.py).
-        self.card_read = CardReadFlow(lambda: self.devices.card, on_change=self._publish)
+        self.card_read = CardReadFlow(
+            lambda: self.devices.card, on_change=self._publish, on_read=self._card_read_done
+        )
+        self._background: set[asyncio.Task[None]] = set()
         # The document camera (書画カメラ): the call's second video and its stills.
         self.document_camera: DocumentCamera | None = None  # opened by start()
         # The HQ console's booth API (the still relay), when the booth knows the console.
@@ -168,6 +171,9 @@ class BoothAgent:
             self._ended_timer.cancel()
         await self.card_read.aclose()
         await self.stills.aclose()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.console is not None:
             await self.console.aclose()
         await self.printing.aclose()
@@ -343,6 +349,24 @@ class BoothAgent:
         self.staff_video.clear()
         self.self_video.clear()
         await call.request()
+
+    def _card_read_done(self, request_id: str) -> None:
+        """Record the read in the console's audit log (best effort; identifiers only)."""
+        call, console = self.call, self.console
+        if console is None or call is None or call.session_id is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._record_card_read(console, call.session_id, request_id)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _record_card_read(console: ConsoleClient, session_id: str, request_id: str) -> None:
+        try:
+            await console.record_card_read(session_id, request_id)
+        except ConsoleUnavailable as err:
+            logger.warning("card read %s not recorded at the console: %s", request_id, err)
 
     async def _on_peer_data(self, message: Model) -> None:
         if isinstance(message, PRINT_MESSAGES):

@@ -99,9 +99,11 @@ class CardReadFlow:
         owner: Callable[[], CardReaderOwner | None],
         *,
         on_change: Callable[[], None],
+        on_read: Callable[[str], None] | None = None,
     ) -> None:
         self._owner = owner
         self._on_change = on_change
+        self._on_read = on_read  # a read reached staff (the request id), for the audit log
         self.state = CardReadState.IDLE
         self.transitions: list[tuple[CardReadState, CardReadState]] = []
         self.request_id: str | None = None
@@ -259,6 +261,8 @@ class CardReadFlow:
             )
             del info
             self._set(CardReadState.DONE)
+            if self._on_read is not None:
+                self._on_read(request_id)
         except WrongPin as err:
             self.remaining_tries = err.remaining
             self._fail(CardReadFailure.WRONG_PIN)

@@ -71,13 +71,7 @@ class ConsoleClient:
         try:
             async with self._session().get(url) as response:
                 if response.status != 200:
-                    body = await response.json(content_type=None)
-                    code = str(body.get("error", "error")) if isinstance(body, dict) else "error"
-                    raise ConsoleUnavailable(
-                        f"the console refused the document ({response.status} {code})",
-                        code=code,
-                        status=response.status,
-                    )
+                    raise await _refused(response, "the document")
                 if response.content_length is not None and response.content_length > max_bytes:
                     raise ConsoleUnavailable("the document is too large", code="too_large")
                 parts: list[bytes] = []
@@ -91,7 +85,26 @@ class ConsoleClient:
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             raise ConsoleUnavailable(f"the console is unreachable: {err!r}") from err
 
+    async def record_card_read(self, session_id: str, request_id: str) -> None:
+        """Tell the console that this booth read a card for staff in ``session_id`` (the
+        audit log's ``card_data_read``: identifiers only, the facts never leave the call)."""
+        url = f"{self.base_url}/api/booth/sessions/{session_id}/card-reads"
+        try:
+            async with self._session().post(url, json={"request_id": request_id}) as response:
+                if response.status != 201:
+                    raise await _refused(response, "the card read record")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+            raise ConsoleUnavailable(f"the console is unreachable: {err!r}") from err
+
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.close()
             self._http = None
+
+
+async def _refused(response: aiohttp.ClientResponse, what: str) -> ConsoleUnavailable:
+    body = await response.json(content_type=None)
+    code = str(body.get("error", "error")) if isinstance(body, dict) else "error"
+    return ConsoleUnavailable(
+        f"the console refused {what} ({response.status} {code})", code=code, status=response.status
+    )

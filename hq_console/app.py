@@ -393,6 +393,7 @@ async def api_save_still(request: web.Request) -> web.StreamResponse:
 
 
 _RELAY_TOKEN: Final = re.compile(r"^[0-9a-f]{64}$")
+_IDENT: Final = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _RELAY_STATUS: Final = {
     RelayRefusal.BUSY: 503,
     RelayRefusal.TAKEN: 409,
@@ -462,6 +463,37 @@ async def api_booth_still_upload(request: web.Request) -> web.StreamResponse:
         return _relay_error(err)
     log.info("still relayed for session %s (%d bytes)", session_id, copied)
     return web.json_response({"bytes": copied})
+
+
+async def api_booth_card_read(request: web.Request) -> web.StreamResponse:
+    """The booth read a My Number card for the staff member of a live session: the audit
+    log's ``card_data_read`` (the request id only; the facts went peer to peer)."""
+    booth_id = await authenticated_booth(
+        request, request.app[SESSIONS], request.app[BOOTH_THROTTLE]
+    )
+    session_id = request.match_info["session_id"]
+    try:
+        body = await request.json()
+        request_id = str(body["request_id"]) if isinstance(body, dict) else ""
+    except (ValueError, KeyError):
+        request_id = ""
+    if not _IDENT.match(request_id):
+        return _json_error(400, "bad_request", "request_id is required")
+    sessions = request.app[SESSIONS]
+    async with sessions() as db, db.begin():
+        call = await db.get(CallSession, session_id)
+        if call is None or call.ended_at is not None or call.booth_id != booth_id:
+            log.warning("card read record refused: booth %s, session %s", booth_id, session_id)
+            return _json_error(403, "not_your_session", "not a live session of this booth")
+        record = await append_audit(
+            db,
+            action="card_data_read",
+            staff_id=call.staff_id,
+            booth_id=booth_id,
+            session_id=session_id,
+            object_id=request_id,
+        )
+    return web.json_response({"audit_id": record.id}, status=201)
 
 
 async def api_still_relay_download(request: web.Request) -> web.StreamResponse:
@@ -547,6 +579,7 @@ def create_app(config: ConsoleConfig, *, throttle: LoginThrottle | None = None) 
     app.router.add_get("/api/documents/test-a4.pdf", api_test_a4_document)
     app.router.add_post("/api/sessions/{session_id}/stills", api_save_still)
     app.router.add_get("/api/sessions/{session_id}/stills/relay/{token}", api_still_relay_download)
+    app.router.add_post(BOOTH_API_PREFIX + "sessions/{session_id}/card-reads", api_booth_card_read)
     app.router.add_post(
         BOOTH_API_PREFIX + "sessions/{session_id}/stills/relay/{token}",
         api_booth_still_upload,

@@ -27,6 +27,7 @@ import jsonschema
 import pytest
 from aiohttp import web
 from playwright.async_api import BrowserContext, Page, Playwright, async_playwright, expect
+from sqlalchemy import select
 
 from booth.agent import BoothAgent
 from booth.call import CallState, RemoteCounterCall
@@ -42,7 +43,8 @@ from shared.kiosk_protocol import (
 )
 from shared.protocol import EndReason
 from shared.store.db import session_factory
-from shared.store.models import CallSession
+from shared.store.models import AuditRecord, CallSession
+from tests import signaling_support
 from tests.signaling_support import (
     DEMO_PASSWORD,
     TOKEN_SECRET,
@@ -277,6 +279,12 @@ async def _frames_decoded(page: Page) -> int:
 async def _session_row(database_url: str, session_id: str) -> CallSession | None:
     async with open_engine(database_url) as engine, session_factory(engine)() as s:
         return await s.get(CallSession, session_id)
+
+
+async def _audit_records(database_url: str, action: str) -> list[AuditRecord]:
+    async with open_engine(database_url) as engine, session_factory(engine)() as db:
+        rows = await db.scalars(select(AuditRecord).where(AuditRecord.action == action))
+        return list(rows.all())
 
 
 async def test_staff_takes_a_call_with_video_both_ways(
@@ -529,6 +537,15 @@ async def test_staff_reads_the_card_after_the_resident_types_the_pin_on_the_kios
         assert {"type": "pin_entered", "pin": "1234"} in kiosk_messages
         for message in kiosk_messages:
             assert not list(kiosk_schema.iter_errors(message)), message
+        # The booth recorded the read in the console's audit log: identifiers only.
+        read_request = json.loads(peer_sent[0])["request_id"]
+        records = await signaling_support.eventually(
+            lambda: _audit_records(system.database_url, "card_data_read"), within=10
+        )
+        assert [(r.staff_id, r.booth_id, r.session_id, r.object_id) for r in records] == [
+            ("sato", "seiseki-1", call.session_id, read_request)
+        ]
+        assert "髙橋" not in repr([vars(r) for r in records])
         # Neither the facts nor the PIN crossed signaling from the console.
         sent.validate()
         for frame in sent.frames:

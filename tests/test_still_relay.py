@@ -1,7 +1,8 @@
 """The console's still relay on a real console server (migrated, seeded SQLite), with the
 booth's real HTTP client: a sealed still goes booth → relay → staff and opens only with the
 key of the offer; strangers, other sessions, reused tokens and lone ends are refused; a
-failed relay falls back to the data channel with the same still."""
+failed relay falls back to the data channel with the same still. Also the booth API's
+card read record for the audit log."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import aiohttp
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from booth.console_client import ConsoleClient, ConsoleUnavailable
 from booth.document_camera import DocumentStill
@@ -25,7 +26,7 @@ from shared import wire
 from shared.errors import AuthError
 from shared.protocol import Model, StillDone, StillOffer, StillRequest
 from shared.security import open_still, seal_still
-from shared.store.models import CallSession
+from shared.store.models import AuditRecord, CallSession
 from shared.store.seed import upsert_booth
 from tests.test_console_auth import Console, _login, _start
 from tests.test_still_save import _sato_session
@@ -271,3 +272,35 @@ async def test_the_booth_relays_a_still_and_falls_back_to_the_data_channel(
     assert assembled == jpeg
     assert (flow.sent, flow.relayed) == (1, 0)
     await flow.aclose()
+
+
+async def test_the_booth_records_a_card_read_in_the_audit_log(
+    console: Console, booth: ConsoleClient
+) -> None:
+    """card_data_read: the booth of the live session only; the request id, no facts."""
+    session_id = await _sato_session(console)
+    await booth.record_card_read(session_id, "card-1")
+    await upsert_booth(console.sessions, "tamacenter-1", "tamacenter", "多摩センター 1", "z" * 32)
+    other = ConsoleClient(console.base, "tamacenter-1", "z" * 32, timeout_s=10)
+    try:
+        with pytest.raises(ConsoleUnavailable) as refused:
+            await other.record_card_read(session_id, "card-2")
+        assert (refused.value.status, refused.value.code) == (403, "not_your_session")
+    finally:
+        await other.aclose()
+    async with console.sessions() as db, db.begin():
+        await db.execute(
+            update(CallSession)
+            .where(CallSession.id == session_id)
+            .values(ended_at=CallSession.accepted_at)
+        )
+    with pytest.raises(ConsoleUnavailable) as refused:
+        await booth.record_card_read(session_id, "card-3")
+    assert refused.value.status == 403
+    async with console.sessions() as db:
+        rows = (
+            await db.scalars(select(AuditRecord).where(AuditRecord.action == "card_data_read"))
+        ).all()
+    assert [(r.staff_id, r.booth_id, r.session_id, r.object_id) for r in rows] == [
+        ("sato", "seiseki-1", session_id, "card-1")
+    ]
