@@ -29,10 +29,8 @@ from hq_console.issuance.certificates import (
 from hq_console.issuance.codes import grouped
 from hq_console.issuance.connector import SEX_JA
 from hq_console.issuance.wareki import wareki_date, wareki_fiscal_year, wareki_year
+from shared.pdf_fonts import add_japanese_fonts
 
-FONT_DIR: Final = "/usr/share/fonts/opentype/noto"
-FONT_REGULAR: Final = f"{FONT_DIR}/NotoSansCJK-Regular.ttc"  # face 0 is Japanese
-FONT_BOLD: Final = f"{FONT_DIR}/NotoSansCJK-Bold.ttc"
 FONT: Final = "noto"
 
 MARGIN: Final = 18.0  # mm
@@ -77,8 +75,7 @@ class _CertificatePdf(FPDF):
         self.copy_label = ""
         self.set_margins(MARGIN, MARGIN, MARGIN)
         self.set_auto_page_break(auto=True, margin=MARGIN + 6)
-        self.add_font(FONT, fname=FONT_REGULAR)
-        self.add_font(FONT, style="B", fname=FONT_BOLD)
+        add_japanese_fonts(self, FONT)
         self.set_title(f"{title} {stamp.document_number}")
         self.set_creator("Ekichika")
         self.set_lang("ja")

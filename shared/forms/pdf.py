@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 from fpdf import FPDF
 from fpdf.enums import MethodReturnValue, StrokeCapStyle, StrokeJoinStyle, WrapMode
@@ -35,10 +34,8 @@ from shared.forms.models import (
     Signature,
 )
 from shared.forms.wareki import to_wareki
+from shared.pdf_fonts import add_japanese_fonts
 
-FONT_DIR = Path("/usr/share/fonts/opentype/noto")
-FONT_REGULAR = FONT_DIR / "NotoSansCJK-Regular.ttc"
-FONT_BOLD = FONT_DIR / "NotoSansCJK-Bold.ttc"
 FONT = "noto"
 
 JST = timezone(timedelta(hours=9), "JST")
@@ -78,14 +75,7 @@ class _ApplicationPdf(FPDF):
         self.meta = meta
         self.set_margins(MARGIN_X, MARGIN_TOP, MARGIN_X)
         self.set_auto_page_break(False)
-        for path in (FONT_REGULAR, FONT_BOLD):
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path} is missing: the application PDF needs Noto Sans CJK JP "
-                    "(Debian package fonts-noto-cjk)"
-                )
-        self.add_font(FONT, fname=str(FONT_REGULAR))
-        self.add_font(FONT, style="B", fname=str(FONT_BOLD))
+        add_japanese_fonts(self, FONT)
         self.set_title(f"{template.title_ja} {meta.application_id}")
         self.set_subject(template.title_en)
         self.set_creator("Ekichika")
