@@ -7,6 +7,7 @@ environment wins. Timing values are fields so that tests can shrink them.
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -48,6 +49,35 @@ class SignalingConfig(BaseSettings):
     turn_ttl_s: int = 3600
     languages: list[str] = ["ja", "en"]
     auto_migrate: bool = True
+    # This node in logs and metrics (several nodes can serve one city).
+    node_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=64)
+    # Limits (docs/architecture.md "Limits"). Messages per connection: a token bucket of
+    # *_burst messages refilled at *_rate_per_s. Over it a message is refused
+    # (error rate_limited, once); rate_limit_strikes more refusals before the bucket has
+    # refilled completely close the connection (1008).
+    booth_message_rate_per_s: float = 20.0
+    booth_message_burst: int = 60
+    staff_message_rate_per_s: float = 50.0
+    staff_message_burst: int = 200
+    rate_limit_strikes: int = 50
+    # auth_failure_limit failed hellos (wrong booth credential, bad or expired staff token)
+    # from one address within auth_failure_window_s of the first: its further attempts are
+    # refused without checking until the window ends (HTTP 429, or close 4429). At most
+    # auth_tracking_max_sources addresses (IPv6: /64 prefixes) are tracked.
+    auth_failure_limit: int = 10
+    auth_failure_window_s: float = 300.0
+    auth_tracking_max_sources: int = 10_000
+    # Reverse proxies whose X-Forwarded-For is believed (its last address is the client).
+    trusted_proxies: list[str] = []
+    # Frames queued for one connection and not yet written: over either cap the peer is
+    # not reading and is closed (4408). Queue snapshots and queue status replace their
+    # unsent predecessor, so they do not add up.
+    send_queue_max_frames: int = 1000
+    send_queue_max_bytes: int = 8 * 1024 * 1024
+    # Monitoring: GET /metrics answers only these client addresses; /readyz waits this
+    # long for the database.
+    metrics_allowed_addresses: list[str] = ["127.0.0.1", "::1"]
+    readiness_timeout_s: float = 2.0
 
 
 class ConsoleConfig(BaseSettings):
@@ -99,6 +129,10 @@ class ConsoleConfig(BaseSettings):
     form_draft_purge_interval_s: float = 300.0
     # Delivery of issued certificates to the booth: the one-time fetch token's lifetime.
     document_token_ttl_s: float = 120.0
+    # Monitoring: GET /metrics answers only these client addresses (docs/architecture.md
+    # "Monitoring"); /readyz waits this long for the database.
+    metrics_allowed_addresses: list[str] = ["127.0.0.1", "::1"]
+    readiness_timeout_s: float = 2.0
 
 
 class DeviceConfig(BaseModel):

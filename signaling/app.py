@@ -1,8 +1,10 @@
 """The aiohttp application of the signaling server, built by :func:`create_app`.
 
-Routes: ``/ws/booth`` and ``/ws/staff`` (WebSocket, see ``docs/protocol.md``) and
-``GET /healthz`` (JSON: ``ok``, connected ``booths`` and ``staff``, ``waiting`` requests,
-active ``sessions``).
+Routes: ``/ws/booth`` and ``/ws/staff`` (WebSocket, see ``docs/protocol.md``),
+``GET /healthz`` (liveness; JSON: ``ok``, connected ``booths`` and ``staff``, ``waiting``
+requests, active ``sessions``), ``GET /readyz`` (readiness: 200 when the server accepts
+connections and the database answers, else 503) and ``GET /metrics`` (Prometheus text,
+only to ``metrics_allowed_addresses``; see :mod:`signaling.metrics`).
 
 Start-up (in ``cleanup_ctx``): migrate the database when ``auto_migrate``, close sessions
 a previous run left open (``server_restart``), load departments, booths, staff and the
@@ -18,12 +20,14 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.config import SignalingConfig
 from shared.protocol import IceServer
 from shared.security import ice_servers_for
 from shared.store import migrate
 from signaling.matching import Dispatcher, MatchingRules, utc
+from signaling.metrics import SignalingMetrics
 from signaling.server import SignalingServer, hard_frame_limit
 from signaling.store import SignalingStore
 
@@ -31,10 +35,14 @@ log = logging.getLogger(__name__)
 
 CONFIG_KEY = web.AppKey("signaling_config", SignalingConfig)
 SERVER_KEY = web.AppKey("signaling_server", SignalingServer)
+METRICS_KEY = web.AppKey("signaling_metrics", SignalingMetrics)
 
 
-async def build_server(config: SignalingConfig) -> SignalingServer:
+async def build_server(
+    config: SignalingConfig, metrics: SignalingMetrics | None = None
+) -> SignalingServer:
     """Open the store, load the directory and the waiting requests, start the server."""
+    metrics = metrics or SignalingMetrics(config.node_id)
     if config.auto_migrate:
         await migrate(config.database_url)
     store = SignalingStore(config.database_url)
@@ -46,9 +54,12 @@ async def build_server(config: SignalingConfig) -> SignalingServer:
             log.info("%d sessions of the previous run closed (server_restart)", interrupted)
 
         def ice_servers(user: str) -> list[IceServer]:
-            return ice_servers_for(
+            servers = ice_servers_for(
                 config.stun_urls, config.turn_urls, config.turn_secret, user, config.turn_ttl_s
             )
+            if any(server.username for server in servers):
+                metrics.turn_credentials.inc()
+            return servers
 
         dispatcher = Dispatcher(
             MatchingRules.from_config(config),
@@ -82,13 +93,13 @@ async def build_server(config: SignalingConfig) -> SignalingServer:
     except BaseException:
         await store.aclose()
         raise
-    server = SignalingServer(config, store, dispatcher)
+    server = SignalingServer(config, store, dispatcher, metrics=metrics)
     server.start()
     return server
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    server = await build_server(app[CONFIG_KEY])
+    server = await build_server(app[CONFIG_KEY], app[METRICS_KEY])
     app[SERVER_KEY] = server
     try:
         yield
@@ -115,13 +126,30 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
     return await request.app[SERVER_KEY].handle_health(request)
 
 
+async def _readyz(request: web.Request) -> web.StreamResponse:
+    server = request.app.get(SERVER_KEY)
+    if server is None:
+        return web.json_response({"ready": False, "accepting": "starting"}, status=503)
+    return await server.handle_ready(request)
+
+
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    if request.remote not in request.app[CONFIG_KEY].metrics_allowed_addresses:
+        raise web.HTTPForbidden(text="metrics are not served to this address")
+    body = generate_latest(request.app[METRICS_KEY].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def create_app(config: SignalingConfig) -> web.Application:
     """The signaling app; the server starts with the app (``cleanup_ctx``)."""
     app = web.Application(client_max_size=hard_frame_limit(config))
     app[CONFIG_KEY] = config
+    app[METRICS_KEY] = SignalingMetrics(config.node_id)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/ws/booth", _booth_ws)
     app.router.add_get("/ws/staff", _staff_ws)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
     return app
