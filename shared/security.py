@@ -16,9 +16,11 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -121,10 +123,73 @@ def turn_rest_credentials(
     return username, password
 
 
+TurnTransport = Literal["udp", "tcp", "tls"]
+TURN_TRANSPORTS: tuple[TurnTransport, ...] = ("udp", "tcp", "tls")
+
+_TURN_URL = re.compile(
+    r"(?P<scheme>turns?):(?P<host>\[[0-9a-fA-F:.]+\]|[^\[\]:?]+)"
+    r"(?::(?P<port>[0-9]{1,5}))?(?:\?transport=(?P<transport>udp|tcp))?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnUrl:
+    """One TURN server address as WebRTC writes it (RFC 7065)."""
+
+    host: str
+    port: int
+    transport: TurnTransport  # "tls": TURN over TLS over TCP (``turns:``)
+
+    @property
+    def url(self) -> str:
+        if self.transport == "tls":
+            return f"turns:{self.host}:{self.port}?transport=tcp"
+        return f"turn:{self.host}:{self.port}?transport={self.transport}"
+
+
+def parse_turn_url(url: str) -> TurnUrl:
+    """``turn:host[:port][?transport=udp|tcp]`` or ``turns:host[:port][?transport=tcp]``.
+
+    Without a port, 3478 (``turn:``) or 5349 (``turns:``); without a transport, UDP for
+    ``turn:``. Raises ValueError for anything else (``turns:`` over UDP is DTLS, which
+    no client of this system speaks)."""
+    match = _TURN_URL.fullmatch(url)
+    if match is None:
+        raise ValueError(f"not a TURN URL: {url!r}")
+    secure = match["scheme"] == "turns"
+    port = int(match["port"]) if match["port"] else (5349 if secure else 3478)
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port in TURN URL {url!r}")
+    if secure:
+        if match["transport"] not in (None, "tcp"):
+            raise ValueError(f"turns: works over TCP only: {url!r}")
+        return TurnUrl(match["host"], port, "tls")
+    transport: TurnTransport = "tcp" if match["transport"] == "tcp" else "udp"
+    return TurnUrl(match["host"], port, transport)
+
+
+def turn_urls(
+    host: str, *, port: int = 3478, tls_port: int | None = 443, udp: bool = True, tcp: bool = True
+) -> list[str]:
+    """The TURN URLs of one coturn server, most efficient first: UDP, TCP, then TLS on
+    ``tls_port`` (``None``: no TLS listener). Put them in ``SignalingConfig.turn_urls``."""
+    urls = []
+    if udp:
+        urls.append(TurnUrl(host, port, "udp").url)
+    if tcp:
+        urls.append(TurnUrl(host, port, "tcp").url)
+    if tls_port is not None:
+        urls.append(TurnUrl(host, tls_port, "tls").url)
+    return urls
+
+
 def ice_servers_for(
     stun_urls: list[str], turn_urls: list[str], turn_secret: str | None, user: str, ttl_s: int
 ) -> list[IceServer]:
-    """The ICE servers handed to both peers of a call (empty: host candidates only)."""
+    """The ICE servers handed to both peers of a call (empty: host candidates only).
+
+    The TURN URLs share one time-limited credential (:func:`turn_rest_credentials`): valid
+    for ``ttl_s`` seconds on every listener of the coturn servers with ``turn_secret``."""
     servers: list[IceServer] = []
     if stun_urls:
         servers.append(IceServer(urls=stun_urls))
