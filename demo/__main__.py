@@ -128,6 +128,7 @@ def write_configs(
         ),
         encoding="utf-8",
     )
+    printed = (root / "printed").resolve()
     files["booth"].write_text(
         "\n".join(
             [
@@ -147,6 +148,9 @@ def write_configs(
                 'camera = "simulated"',
                 'microphone = "simulated"',
                 'speaker = "null"',
+                # The simulated printers keep what they print, for a look afterwards.
+                f"receipt_printer = {_toml_str('simulated:' + str(printed / 'receipts'))}",
+                f"a4_printer = {_toml_str('simulated:' + str(printed / 'a4'))}",
                 "",
             ]
         ),
@@ -277,7 +281,8 @@ Ekichika demo is running.
   Try it: sign in as sato, press 受付開始; on the kiosk page choose 日本語 → 市民課;
   answer the ring in the console. Certificates: カード読み取り (PIN 1234 on the kiosk) →
   証明書の発行 → 住民記録と照合 → 発行してブースで印刷 (signed with the local test CA in
-  {root / "test-ca"}; the simulated A4 printer keeps the PDFs). Logs: {logs}
+  {root / "test-ca"}). Printed at the booth: {root / "printed"} (A4 PDFs in a4/,
+  receipts as PNG in receipts/). Logs: {logs}
   Press Ctrl-C to stop.
 """,
         flush=True,
