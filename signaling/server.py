@@ -214,6 +214,11 @@ class Connection:
                 await self._closer
 
     async def aclose(self) -> None:
+        """Stop the writer; after :meth:`close` it first gets ``SLOW_CLOSE_GRACE_S`` to
+        send the frames queued before the close, and the close."""
+        if self._close_item is not None and not self._writer.done():
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._writer), SLOW_CLOSE_GRACE_S)
         self._closing = True
         if not self._writer.done():
             self._writer.cancel()
@@ -913,7 +918,6 @@ class SignalingServer:
                         )
                     )
                     conn.close(CLOSE_POLICY, "message rate exceeded")
-                    break
                 continue
             try:
                 message = self._decode(msg.type, msg.data, adapter)
