@@ -23,7 +23,7 @@ from hq_console.issuance.connector import (
     TaxRecord,
 )
 from hq_console.issuance.errors import IssuanceError, RegisterError
-from hq_console.issuance.wareki import wareki_fiscal_year
+from shared.forms.wareki import to_wareki_fiscal_year
 
 MAX_COPIES: Final = 10
 
@@ -209,4 +209,4 @@ def subtitle(content: CertificateContent) -> str:
         case SealContent():
             return ""
         case TaxContent():
-            return f"（{wareki_fiscal_year(content.tax.fiscal_year)}）"
+            return f"（{to_wareki_fiscal_year(content.tax.fiscal_year)}）"

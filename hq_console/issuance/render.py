@@ -28,7 +28,7 @@ from hq_console.issuance.certificates import (
 )
 from hq_console.issuance.codes import grouped
 from hq_console.issuance.connector import SEX_JA
-from hq_console.issuance.wareki import wareki_date, wareki_fiscal_year, wareki_year
+from shared.forms.wareki import to_wareki, to_wareki_fiscal_year, to_wareki_year
 from shared.pdf_fonts import add_japanese_fonts
 
 FONT: Final = "noto"
@@ -144,7 +144,7 @@ def _header(pdf: FPDF, content: CertificateContent, stamp: IssueStamp, issuer: I
     pdf.cell(
         0,
         5,
-        f"発行日　{wareki_date(stamp.issued_on)}",
+        f"発行日　{to_wareki(stamp.issued_on)}",
         align=Align.R,
         new_x=XPos.LMARGIN,
         new_y=YPos.NEXT,
@@ -194,14 +194,14 @@ def _resident_record(pdf: FPDF, content: ResidentRecordContent) -> None:
         rows = [
             ("氏名", m.name),
             ("ふりがな", m.name_kana),
-            ("生年月日", wareki_date(m.birth_date)),
+            ("生年月日", to_wareki(m.birth_date)),
             ("性別", SEX_JA[m.sex]),
         ]
         if content.show_relationship:
             rows.append(("続柄", m.relationship))
         rows += [
-            ("住民となった年月日", wareki_date(m.became_resident_on)),
-            ("住所を定めた年月日", wareki_date(m.address_since)),
+            ("住民となった年月日", to_wareki(m.became_resident_on)),
+            ("住所を定めた年月日", to_wareki(m.address_since)),
             ("前住所", m.previous_address),
         ]
         if content.show_honseki:
@@ -239,10 +239,10 @@ def _seal(pdf: FPDF, content: SealContent) -> None:
         [
             ("登録番号", seal.registration_number),
             ("氏名", seal.name),
-            ("生年月日", wareki_date(seal.birth_date)),
+            ("生年月日", to_wareki(seal.birth_date)),
             ("性別", SEX_JA[seal.sex]),
             ("住所", seal.address),
-            ("登録年月日", wareki_date(seal.registered_on)),
+            ("登録年月日", to_wareki(seal.registered_on)),
         ],
     )
 
@@ -253,15 +253,15 @@ def _yen(value: int) -> str:
 
 def _tax(pdf: FPDF, content: TaxContent) -> None:
     tax = content.tax
-    year = wareki_fiscal_year(tax.fiscal_year)
-    income_year = wareki_year(tax.fiscal_year - 1)
+    year = to_wareki_fiscal_year(tax.fiscal_year)
+    income_year = to_wareki_year(tax.fiscal_year - 1)
     _rows(
         pdf,
         [
             ("年度", f"{year}（{income_year}分の所得）"),
             (f"住所（{year[:-1]}1月1日現在）", tax.address),
             ("氏名", tax.name),
-            ("生年月日", wareki_date(tax.birth_date)),
+            ("生年月日", to_wareki(tax.birth_date)),
         ],
     )
     _rows(
@@ -319,7 +319,7 @@ def _attestation(pdf: FPDF, content: CertificateContent, stamp: IssueStamp, issu
     pdf.set_font(FONT, size=11)
     pdf.multi_cell(0, 6.5, _attestation_text(content), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(3)
-    pdf.cell(0, 6, wareki_date(stamp.issued_on), align=Align.R, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.cell(0, 6, to_wareki(stamp.issued_on), align=Align.R, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_font(FONT, "B", 13)
     signer = f"{issuer.title}　{issuer.name}".strip()
     seal = 15.0

@@ -41,8 +41,8 @@ from hq_console.issuance.errors import DocumentNotFound, IssuanceError, SigningE
 from hq_console.issuance.render import Issuer, IssueStamp, render_certificate
 from hq_console.issuance.signing import CertificateSigner
 from hq_console.issuance.simulated import DEFAULT_REGISTER, SimulatedRegister
-from hq_console.issuance.wareki import wareki_date
 from shared.config import ConsoleConfig
+from shared.forms.wareki import to_wareki
 from shared.store.audit import append_audit
 from shared.store.models import IssuedDocument
 
@@ -377,11 +377,11 @@ class IssuanceService:
             title=TITLES[kind],
             title_en=TITLES_EN[kind],
             document_number=document.document_number,
-            issued_on=wareki_date(document.created_at.astimezone(JST).date()),
+            issued_on=to_wareki(document.created_at.astimezone(JST).date()),
             issued_at=document.created_at,
             issuer=self._settings.issuer_label,
             revoked_on=(
-                wareki_date(document.revoked_at.astimezone(JST).date())
+                to_wareki(document.revoked_at.astimezone(JST).date())
                 if revoked and document.revoked_at
                 else ""
             ),

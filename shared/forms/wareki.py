@@ -107,6 +107,18 @@ def to_seireki(day: date) -> str:
     return _seireki(day)
 
 
+def to_wareki_fiscal_year(fiscal_year: int) -> str:
+    """The fiscal year (年度) starting in April of ``fiscal_year``: ``令和7年度``."""
+    era, year = era_of(date(fiscal_year, 4, 1))
+    return f"{era.name}{_year(year)}年度"
+
+
+def to_wareki_year(calendar_year: int) -> str:
+    """A calendar year (年分, e.g. an income year), named by its last day: ``令和6年``."""
+    era, year = era_of(date(calendar_year, 12, 31))
+    return f"{era.name}{_year(year)}年"
+
+
 def format_date(day: date, style: DateStyle) -> str:
     """The stored text of a date field in ``style``."""
     return to_wareki(day) if style is DateStyle.WAREKI else to_seireki(day)
