@@ -45,6 +45,7 @@ from hq_console.auth import (
 )
 from hq_console.booth_auth import BOOTH_API_PREFIX, authenticated_booth
 from hq_console.issuance import setup_issuance
+from hq_console.metrics import setup_metrics
 from hq_console.still_relay import RelayRefusal, RelayRefused, RelayUpload, StillRelay
 from shared.config import ConsoleConfig
 from shared.documents import a4_test_document
@@ -589,4 +590,5 @@ def create_app(config: ConsoleConfig, *, throttle: LoginThrottle | None = None) 
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
     setup_issuance(app)
     forms_api.setup_forms(app)
+    setup_metrics(app)
     return app

@@ -23,6 +23,7 @@ from aiohttp import WSMsgType, web
 
 from booth.agent import BoothAgent
 from booth.media import FrameBuffer
+from booth.metrics import setup_booth_metrics
 from shared import wire
 from shared.errors import ProtocolError
 from shared.kiosk_protocol import KioskError, ScreenState
@@ -65,6 +66,7 @@ def create_kiosk_app(agent: BoothAgent) -> web.Application:
     app.router.add_get("/media/staff.mjpg", _staff_video)
     app.router.add_get("/media/self.mjpg", _self_video)
     app.router.add_get("/healthz", _health)
+    setup_booth_metrics(app, agent)
     app.router.add_static("/static/", STATIC_DIR, append_version=True)
     app.on_response_prepare.append(_add_headers)
     app.on_shutdown.append(_on_shutdown)
