@@ -60,6 +60,7 @@ from tests.signaling_support import (
     sqlite_url,
 )
 from tests.turn_support import CoturnServer, running_coturn
+from tests.turn_support import loopback_coturn as loopback_coturn
 
 FRAMES_WANTED = 8  # stamped booth frames staff must decode (0.8 s of 10 fps video)
 
@@ -453,3 +454,35 @@ async def test_expired_or_forged_credentials_are_refused(network: Network, kind:
     assert issued is not None and issued.split(":", 1)[1].startswith("s-")
     await turn.wait_for_log(rf"Cannot find credentials of user <{re.escape(issued)}>")
     assert not [line for line in turn.log_lines(issued) if "processed, success" in line]
+
+
+# --------------------------------------------------------------------------------------
+# coturn on loopback (the fixture other tests use)
+# --------------------------------------------------------------------------------------
+
+
+async def test_loopback_coturn_relays_two_relay_only_peers(
+    loopback_coturn: CoturnServer,
+) -> None:
+    restrict_host_addresses(["127.0.0.1"])
+    server = loopback_coturn.ice_server("loopback-probe")
+    offerer = RTCPeerConnection(rtc_configuration([server], relay_only=True))
+    answerer = RTCPeerConnection(rtc_configuration([server], relay_only=True))
+    try:
+        channel = offerer.createDataChannel("probe")
+        opened = asyncio.Event()
+        channel.on("open", opened.set)
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        await offerer.setRemoteDescription(answerer.localDescription)
+        await asyncio.wait_for(opened.wait(), 15)
+        for pc in (offerer, answerer):
+            path = selected_candidate_path(pc)
+            assert path is not None and path.local_type == "relay"
+            assert path.relay_protocol == "udp"
+            assert path.local_address[0] == "127.0.0.1"
+    finally:
+        await offerer.close()
+        await answerer.close()
+    await loopback_coturn.wait_for_log(r"user <\d+:loopback-probe>: incoming packet ALLOCATE")

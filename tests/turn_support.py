@@ -196,7 +196,6 @@ def coturn_config(
         lines.append("allow-loopback-peers")
     else:
         lines += [f"denied-peer-ip={r}" for r in DENIED_PEER_RANGES]
-        lines.append("no-loopback-peers")
     if tls_port is not None and certificate is not None:
         cert, key = certificate
         lines += [f"tls-listening-port={tls_port}", f"cert={cert}", f"pkey={key}"]
