@@ -334,6 +334,8 @@ class BoothAgent:
             connect_timeout_s=self.config.call_connect_timeout_s,
             on_change=self._on_call_change,
             document_camera=self.document_camera,
+            relay_only=self.config.ice_relay_only,
+            turn_transport=self.config.ice_turn_transport,
         )
         self.call = call
         self.calls.append(call)

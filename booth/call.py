@@ -60,6 +60,7 @@ from shared.protocol import (
     SdpPayload,
     SessionEnded,
 )
+from shared.security import TurnTransport
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +126,12 @@ class RemoteCounterCall:
         connect_timeout_s: float,
         on_change: Callable[[RemoteCounterCall], None] | None = None,
         document_camera: DocumentCamera | None = None,
+        relay_only: bool = False,
+        turn_transport: TurnTransport | None = None,
     ) -> None:
         self.request_id = request_id
+        self._relay_only = relay_only  # see booth.ice.rtc_configuration
+        self._turn_transport = turn_transport
         self.department = department
         self.language = language
         self._signaling = signaling
@@ -286,7 +291,13 @@ class RemoteCounterCall:
         self._set(CallState.CONNECTING, f"staff {started.staff.staff_id} accepted")
         self._spawn(self._connect_timeout())
         try:
-            pc = RTCPeerConnection(rtc_configuration(started.ice_servers))
+            pc = RTCPeerConnection(
+                rtc_configuration(
+                    started.ice_servers,
+                    relay_only=self._relay_only,
+                    turn_transport=self._turn_transport,
+                )
+            )
             self._pc = pc
             pc.on("connectionstatechange", self._on_connection_state)
             pc.on("track", self._on_track)

@@ -188,6 +188,11 @@ class BoothConfig(BaseSettings):
     # Restrict WebRTC host candidates to these local addresses (empty: every interface
     # but loopback). Use it to keep media off a management interface.
     ice_host_addresses: list[str] = []
+    # Behind a firewall that drops UDP: use the TURN server over "tcp" or "tls" (when
+    # signaling offers it). relay_only: media only through TURN (the booth's addresses
+    # never reach the other side).
+    ice_turn_transport: Literal["tcp", "tls"] | None = None
+    ice_relay_only: bool = False
 
 
 S = TypeVar("S", bound=BaseSettings)
