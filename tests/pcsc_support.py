@@ -21,7 +21,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,19 +155,36 @@ def stop_pcscd(daemon: PcscDaemon, timeout_s: float = 5.0) -> None:
             process.wait()
 
 
+_SESSION_DAEMON = pytest.StashKey[PcscDaemon]()
+
+
 @pytest.fixture(scope="session", name="pcscd")
-def pcscd_session() -> Iterator[PcscDaemon]:
-    """One pcscd with vpcd for the session; this process's PC/SC clients use it."""
+def pcscd_session(request: pytest.FixtureRequest) -> PcscDaemon:
+    """One pcscd with vpcd for the session; this process's PC/SC clients use it.
+
+    Test modules import this fixture by name, and pytest keeps a fixture of its own for
+    each module that does; libpcsclite, though, reads its socket path once per process and
+    vpcd's ports take one daemon. So the daemon lives in the session's stash: the first
+    module that asks starts it, every other module gets the same one, and it stops when
+    the session ends."""
+    stash = request.config.stash
+    running = stash.get(_SESSION_DAEMON, None)
+    if running is not None:
+        return running
     workdir = Path(tempfile.mkdtemp(prefix="ekichika-pcscd-"))
     previous = os.environ.get("PCSCLITE_CSOCK_NAME")
     daemon = start_pcscd(workdir)
     os.environ["PCSCLITE_CSOCK_NAME"] = str(daemon.socket_path)
-    try:
-        yield daemon
-    finally:
+
+    def stop() -> None:
         stop_pcscd(daemon)
         if previous is None:
             os.environ.pop("PCSCLITE_CSOCK_NAME", None)
         else:
             os.environ["PCSCLITE_CSOCK_NAME"] = previous
         shutil.rmtree(workdir, ignore_errors=True)
+        del stash[_SESSION_DAEMON]
+
+    stash[_SESSION_DAEMON] = daemon
+    request.config.add_cleanup(stop)
+    return daemon
