@@ -9,7 +9,8 @@ code the peer can act on.
 from __future__ import annotations
 
 import json
-from typing import Any, Final, TypeVar
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -52,13 +53,53 @@ CHANNELS: Final[dict[str, TypeAdapter[Any]]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Decoded(Generic[T]):
+    """A decoded frame. ``frame`` is the frame's own text when it passed strict
+    validation (every value of its declared JSON type, no coercion, no unknown key): it
+    then means exactly what the model means, and a message that is forwarded unchanged
+    (``relay``) can be sent on as this text instead of being serialised again."""
+
+    message: T
+    frame: str | None
+
+
 def decode(adapter: TypeAdapter[T], data: str | bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> T:
     """Parse one frame. Raises ProtocolError(BAD_JSON | TOO_LARGE | BAD_MESSAGE)."""
-    size = len(data.encode() if isinstance(data, str) else data)
+    return decode_frame(adapter, data, max_bytes=max_bytes).message
+
+
+def decode_frame(
+    adapter: TypeAdapter[T], data: str | bytes, *, max_bytes: int = MAX_MESSAGE_BYTES
+) -> Decoded[T]:
+    """Parse one frame, keeping its text when it validates strictly (see :class:`Decoded`).
+
+    Fast path: pydantic parses and validates the JSON text in one pass, in strict mode.
+    A frame that fails it goes through the lenient path (``json.loads``, then validation
+    with pydantic's usual conversions), which also produces the error the peer gets;
+    either way the model is the same. Raises ProtocolError(BAD_JSON | TOO_LARGE |
+    BAD_MESSAGE)."""
+    size = _byte_size(data)
     if size > max_bytes:
         raise ProtocolError(
             ErrorCode.TOO_LARGE, f"message of {size} bytes exceeds the limit of {max_bytes}"
         )
+    try:
+        strict = adapter.validate_json(data, strict=True)
+    except ValidationError:
+        pass
+    else:
+        return Decoded(strict, data if isinstance(data, str) else None)
+    return Decoded(_decode_lenient(adapter, data), None)
+
+
+def _byte_size(data: str | bytes) -> int:
+    if isinstance(data, bytes):
+        return len(data)
+    return len(data) if data.isascii() else len(data.encode())
+
+
+def _decode_lenient(adapter: TypeAdapter[T], data: str | bytes) -> T:
     try:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as err:

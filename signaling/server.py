@@ -10,6 +10,9 @@ connected peers, records to the :class:`~signaling.store.SignalingStore`.
   (``send_queue_max_frames``/``send_queue_max_bytes``): a peer that does not read is
   closed (4408). Queue and booth snapshots and queue status replace their unsent
   predecessor instead of piling up.
+* Relays are the hot path: a ``relay`` frame that validates strictly goes on to the other
+  peer as the text it came in (no second serialisation; see :func:`shared.wire.decode_frame`),
+  written at once when nothing is queued or buffered for that peer.
 * Limits (docs/architecture.md "Limits"): a message budget per connection (token bucket;
   ``rate_limited``, then 1008), frames over ``max_message_bytes`` refused before JSON
   parsing, and authentication failures throttled per source address (HTTP 429 before
@@ -29,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final, TypeVar
 
 from aiohttp import WSMsgType, web
@@ -62,7 +66,7 @@ from shared.protocol import (
     WrapUpDone,
 )
 from shared.security import check_booth_credential, verify_staff_token
-from shared.wire import booth_to_server, decode, encode, staff_to_server
+from shared.wire import Decoded, booth_to_server, decode_frame, encode, staff_to_server
 from signaling.limits import AuthThrottle, MessageBudget
 from signaling.matching import (
     Action,
@@ -74,6 +78,7 @@ from signaling.matching import (
     SessionOpened,
     Side,
     ToBooth,
+    ToStaff,
 )
 from signaling.metrics import PresenceSnapshot, SignalingMetrics
 from signaling.store import SignalingStore
@@ -92,6 +97,9 @@ CLOSE_POLICY: Final = 1008  # went on sending over its message budget
 
 PUSH_SLICE: Final = 100  # fan-out frames sent per event-loop turn
 SLOW_CLOSE_GRACE_S: Final = 2.0  # a peer that does not read gets this long for the close
+# A frame up to this size is written at once by the task that produced it (a relay) when
+# nothing is queued or buffered for its peer: the socket takes it without waiting.
+DIRECT_WRITE_MAX_BYTES: Final = 16 * 1024
 
 # Pushes that carry a whole state: a newer one replaces the unsent older one.
 _COALESCED: Final[dict[type, str]] = {
@@ -198,6 +206,29 @@ class Connection:
 
     def send_error(self, error: ProtocolError) -> None:
         self.send(encode(_error_message(error)))
+
+    def writable_now(self, size: int) -> bool:
+        """True when a frame of ``size`` bytes can be written at once without waiting:
+        nothing queued before it (so the order is kept), not closing, and the socket's
+        buffer empty (so the write cannot make it wait for the peer to read)."""
+        transport = self._transport
+        return (
+            not self._queue
+            and not self._closing
+            and size <= DIRECT_WRITE_MAX_BYTES
+            and transport is not None
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() == 0
+        )
+
+    async def write_now(self, frame: str) -> None:
+        """Write ``frame`` at once, bypassing the queue; only after :meth:`writable_now`
+        (then the write completes without waiting for the peer)."""
+        try:
+            await self.ws.send_str(frame)
+        except Exception as err:  # the peer went away mid-write
+            self._log.debug("%s: write failed: %s", self.label, err)
+            self._closing = True
 
     def close(self, code: int, reason: str) -> None:
         """Close after the frames already queued (idempotent)."""
@@ -350,6 +381,7 @@ class SignalingServer:
         )
         self._seen: set[tuple[Side, str]] = set()  # ids that connected before (reconnects)
         self._offered: set[str] = set()  # waiting requests that had their first offer
+        self._relay_counters: dict[str, Any] = {}  # relay_messages by payload kind
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -549,8 +581,14 @@ class SignalingServer:
                 text="too many failed sign-ins from this address; try again later",
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
+        # No permessage-deflate (browsers and aiohttp offer it): its zlib contexts cost
+        # about 100 KiB per connection and compressing every relayed SDP costs more CPU
+        # than the few kilobytes it saves; frames that mix a peer's data with tokens are
+        # also better not compressed together.
         ws = web.WebSocketResponse(
-            heartbeat=self.config.heartbeat_s, max_msg_size=hard_frame_limit(self.config)
+            heartbeat=self.config.heartbeat_s,
+            max_msg_size=hard_frame_limit(self.config),
+            compress=False,
         )
         await ws.prepare(request)
         self._sockets.add(ws)
@@ -590,7 +628,7 @@ class SignalingServer:
                 )
                 return None
             try:
-                message = self._decode(msg.type, msg.data, adapter)
+                message = self._decode(msg.type, msg.data, adapter).message
             except ProtocolError as err:
                 await ws.send_str(encode(_error_message(err)))
                 continue
@@ -618,7 +656,7 @@ class SignalingServer:
             await ws.send_str(encode(_error_message(error)))
             await ws.close(code=_close_code(error), message=error.code.value.encode())
 
-    def _decode(self, kind: WSMsgType, data: Any, adapter: TypeAdapter[Any]) -> BaseModel:
+    def _decode(self, kind: WSMsgType, data: Any, adapter: TypeAdapter[Any]) -> Decoded[BaseModel]:
         if kind is not WSMsgType.TEXT:
             raise ProtocolError(ErrorCode.BAD_JSON, "only text frames are accepted")
         limit = self.config.max_message_bytes
@@ -626,8 +664,8 @@ class SignalingServer:
             raise ProtocolError(
                 ErrorCode.TOO_LARGE, f"message of {len(data)}+ bytes exceeds the limit of {limit}"
             )
-        message: BaseModel = decode(adapter, data, max_bytes=limit)
-        return message
+        decoded: Decoded[BaseModel] = decode_frame(adapter, data, max_bytes=limit)
+        return decoded
 
     def _budget(self, side: Side) -> MessageBudget:
         c = self.config
@@ -723,7 +761,7 @@ class SignalingServer:
                 else "",
             )
             await self._read_loop(
-                ws, conn, Side.BOOTH, budget, booth_to_server, lambda m: self._on_booth(booth_id, m)
+                ws, conn, Side.BOOTH, budget, booth_to_server, partial(self._on_booth, booth_id)
             )
         finally:
             if self.booths.get(booth_id) is conn:
@@ -732,7 +770,7 @@ class SignalingServer:
                 self.log.info("booth %s disconnected", booth_id)
             await conn.aclose()
 
-    async def _on_booth(self, booth_id: str, message: BoothToServer) -> None:
+    async def _on_booth(self, booth_id: str, message: BoothToServer, frame: str | None) -> None:
         d = self.dispatcher
         now = self._clock()
         if isinstance(message, RequestHelp):
@@ -740,8 +778,7 @@ class SignalingServer:
         elif isinstance(message, CancelRequest):
             self.perform(d.cancel_request(booth_id, message.request_id, now))
         elif isinstance(message, Relay):
-            self.perform(d.relay(Side.BOOTH, booth_id, message))
-            self.metrics.relay_messages.labels(message.payload.type).inc()
+            await self._relay(Side.BOOTH, booth_id, message, frame)
         elif isinstance(message, HangUp):
             self.perform(d.hang_up(Side.BOOTH, booth_id, message.session_id, now))
         elif isinstance(message, MediaConnected):
@@ -847,7 +884,7 @@ class SignalingServer:
                 f" (session {session_id})" if session_id else "",
             )
             await self._read_loop(
-                ws, conn, Side.STAFF, budget, staff_to_server, lambda m: self._on_staff(staff_id, m)
+                ws, conn, Side.STAFF, budget, staff_to_server, partial(self._on_staff, staff_id)
             )
         finally:
             if self.staff.get(staff_id) is conn:
@@ -856,7 +893,7 @@ class SignalingServer:
                 self.log.info("staff %s disconnected", staff_id)
             await conn.aclose()
 
-    async def _on_staff(self, staff_id: str, message: StaffToServer) -> None:
+    async def _on_staff(self, staff_id: str, message: StaffToServer, frame: str | None) -> None:
         d = self.dispatcher
         now = self._clock()
         if isinstance(message, SetState):
@@ -868,8 +905,7 @@ class SignalingServer:
         elif isinstance(message, WrapUpDone):
             self.perform(d.wrap_up_done(staff_id, message.session_id, message.note, now))
         elif isinstance(message, Relay):
-            self.perform(d.relay(Side.STAFF, staff_id, message))
-            self.metrics.relay_messages.labels(message.payload.type).inc()
+            await self._relay(Side.STAFF, staff_id, message, frame)
         elif isinstance(message, HangUp):
             self.perform(d.hang_up(Side.STAFF, staff_id, message.session_id, now))
         elif isinstance(message, MediaConnected):
@@ -878,6 +914,37 @@ class SignalingServer:
             self.perform(d.media_failed(Side.STAFF, staff_id, message.session_id, now))
         else:  # StaffHello
             raise ProtocolError(ErrorCode.OUT_OF_ORDER, "already authenticated", ref="hello")
+
+    # ------------------------------------------------------------------ relay
+
+    async def _relay(self, side: Side, peer_id: str, message: Relay, frame: str | None) -> None:
+        """Forward a relay to the other peer of the sender's session.
+
+        A frame that validated strictly is forwarded as the text it came in (the same
+        message: ``relay`` goes on verbatim), so SDP-sized payloads are not serialised
+        again; and when nothing is waiting to be sent to that peer, it is written at once
+        instead of through the peer's writer task."""
+        actions = self.dispatcher.relay(side, peer_id, message)
+        text = frame if frame is not None else encode(message)
+        for action in actions:
+            if isinstance(action, ToBooth):
+                conn = self.booths.get(action.booth_id)
+            elif isinstance(action, ToStaff):
+                conn = self.staff.get(action.staff_id)
+            else:
+                self.perform([action])
+                continue
+            if conn is None:
+                continue
+            if conn.writable_now(_frame_size(text)):
+                await conn.write_now(text)
+            else:
+                conn.send(text)
+        kind = message.payload.type
+        counter = self._relay_counters.get(kind)
+        if counter is None:
+            counter = self._relay_counters[kind] = self.metrics.relay_messages.labels(kind)
+        counter.inc()
 
     # ------------------------------------------------------------------ reading
 
@@ -888,7 +955,7 @@ class SignalingServer:
         side: Side,
         budget: MessageBudget,
         adapter: TypeAdapter[Any],
-        handle: Callable[[Any], Awaitable[None]],
+        handle: Callable[[Any, str | None], Awaitable[None]],
     ) -> None:
         """Read frames until the socket closes; every error is answered, none is fatal
         except going on over the message budget (``rate_limited``, then 1008)."""
@@ -920,8 +987,8 @@ class SignalingServer:
                     conn.close(CLOSE_POLICY, "message rate exceeded")
                 continue
             try:
-                message = self._decode(msg.type, msg.data, adapter)
-                await handle(message)
+                decoded = self._decode(msg.type, msg.data, adapter)
+                await handle(decoded.message, decoded.frame)
             except ProtocolError as err:
                 if err.code is ErrorCode.TOO_LARGE:
                     self.metrics.messages_refused.labels(side.value, "too_large").inc()
