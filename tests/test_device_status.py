@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,6 +84,11 @@ def document_camera_is(state: str) -> object:
     return lambda s: (d := document_camera_of(s)) is not None and d.state == state
 
 
+def _message(record: logging.LogRecord) -> str:
+    """A signaling log line without its ``[node …]`` prefix."""
+    return re.sub(r"^\[node [^\]]+\] ", "", record.getMessage())
+
+
 async def test_device_report_reaches_the_branch_board_and_changes_are_pushed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -137,8 +143,8 @@ async def test_device_report_reaches_the_branch_board_and_changes_are_pushed(
             assert [d.state for d in status.devices] == ["ready", "ready", "ready"]
 
     server_lines = [r for r in caplog.records if r.name == "signaling.server"]
-    failed = [r.getMessage() for r in server_lines if r.levelno == logging.WARNING]
-    recovered = [r.getMessage() for r in server_lines if "recovered" in r.getMessage()]
+    failed = [_message(r) for r in server_lines if r.levelno == logging.WARNING]
+    recovered = [_message(r) for r in server_lines if "recovered" in r.getMessage()]
     assert failed == [
         f"booth seiseki-1: receipt_printer receipt (simulated) paper_out ({PAPER_OUT_REASON})",
         "booth tamacenter-1: receipt_printer receipt (simulated) error (printer cover open)",
@@ -354,7 +360,7 @@ async def test_document_camera_state_reaches_staff_busy_unplugged_and_back(
         f"document_camera {name}: offline ({UNPLUGGED_REASON})",
         f"document_camera {name}: recovered (ready)",
     ]
-    server_lines = [r.getMessage() for r in caplog.records if r.name == "signaling.server"]
+    server_lines = [_message(r) for r in caplog.records if r.name == "signaling.server"]
     assert [line for line in server_lines if "document_camera" in line] == [
         f"booth seiseki-1: document_camera {name} offline ({UNPLUGGED_REASON})",
         f"booth seiseki-1: document_camera {name} recovered (ready)",
