@@ -8,14 +8,9 @@ import asyncio
 import hashlib
 import itertools
 import json
-import os
-import shutil
-import socket
 import sqlite3
-import subprocess
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +31,12 @@ from shared.store.audit import (
 )
 from shared.store.db import MIGRATIONS, create_engine, migrate, session_factory
 from shared.store.models import AuditRecord
+from tests.postgres_support import postgres_server, postgres_url
 from tests.test_console_auth import PASSWORD, TOKEN_SECRET, _cookie_value, _login, _start
 
 REPO = Path(__file__).resolve().parent.parent
+
+__all__ = ["postgres_server", "postgres_url"]  # fixtures (tests/postgres_support.py)
 
 
 @dataclass
@@ -478,38 +476,6 @@ async def test_console_records_sign_in_failures_and_sign_out(tmp_path: Path) -> 
 # --------------------------------------------------------------------------------------
 # PostgreSQL: the advisory lock
 # --------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL server on 127.0.0.1, run as the postgres system user."""
-    initdb = shutil.which("initdb")
-    pg_ctl = shutil.which("pg_ctl")
-    if initdb is None or pg_ctl is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    base = Path(tempfile.mkdtemp(prefix="ekichika-pg-"))
-    data = base / "data"
-    shutil.chown(base, "postgres", "postgres")
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    port = _free_port()
-
-    def run(*args: str) -> None:
-        subprocess.run([*as_postgres, *args], check=True, capture_output=True, timeout=60)
-
-    run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {base} -c fsync=off"
-    run(pg_ctl, "-D", str(data), "-o", options, "-l", str(base / "log"), "-w", "start")
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        run(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_postgresql_concurrent_appends_and_verify(postgres_url: str) -> None:
