@@ -111,6 +111,7 @@ class Params:
     payload_bytes: int
     connect_concurrency: int
     peerjs: bool
+    rounds: int
     client_deflate: bool
     timeout: float
     profile_server: Path | None = None
@@ -244,6 +245,8 @@ class Flavor(Protocol):
 
     def kind_of(self, text: str) -> str | None: ...
 
+    async def connections_held(self, http: aiohttp.ClientSession) -> int | None: ...
+
 
 def _kind(text: str) -> str | None:
     """The ``type`` of a JSON frame that starts with it (both servers put it first)."""
@@ -259,7 +262,8 @@ class ServerFigures:
     connect_ms: list[float] = field(default_factory=list)
     rss_before_mb: float = math.nan
     rss_idle_mb: float = math.nan
-    idle_connected: int = 0
+    idle_connected: int = 0  # still open when the RSS was read
+    idle_held: int | None = None  # the server's own count then (signaling's /healthz)
     tally: RelayTally = field(default_factory=RelayTally)
     window_s: float = math.nan
     server_cpu_s: float = math.nan
@@ -290,6 +294,7 @@ class ServerFigures:
             "rss_idle_mb": rounded(self.rss_idle_mb, 1),
             "rss_busy_mb": rounded(self.server_rss_busy_mb, 1),
             "idle_connected": self.idle_connected,
+            "idle_held_by_server": self.idle_held,
             "cpu_s_per_10k_msgs": rounded(cpu_10k, 3),
             "server_cpu_percent": rounded(self.server_cpu_percent, 1),
             "loadgen_cpu_percent": rounded(self.loadgen_cpu_percent, 1),
@@ -316,22 +321,27 @@ async def measure_server(
         await asyncio.sleep(0.5)
         figures.rss_before_mb = process_rss_mb(server_pid)
         idle: list[aiohttp.ClientWebSocketResponse] = []
+        # Idle clients still read, so that they answer the server's pings (aiohttp
+        # answers them in receive()) and are not dropped as dead.
+        idle_readers: list[asyncio.Task[None]] = []
 
         async def one_idle(index: int) -> None:
             t0 = time.perf_counter()
             ws = await flavor.connect_idle(http_ws, index)
             figures.connect_ms.append((time.perf_counter() - t0) * 1000)
             idle.append(ws)
+            idle_readers.append(asyncio.create_task(_drain(ws)))
 
         try:
             await gather_limited(
                 [partial(one_idle, i) for i in range(params.idle)], params.connect_concurrency
             )
-            figures.idle_connected = len(idle)
             if idle:
                 figures.deflate = _deflate_negotiated(idle[0])
             await asyncio.sleep(1.0)
             figures.rss_idle_mb = process_rss_mb(server_pid)
+            figures.idle_connected = sum(1 for task in idle_readers if not task.done())
+            figures.idle_held = await flavor.connections_held(http)
             log.info(
                 "%s: %d idle connections, RSS %.1f → %.1f MiB, connect p99 %.1f ms",
                 flavor.name,
@@ -342,6 +352,9 @@ async def measure_server(
             )
         finally:
             await _close_all(idle)
+            for task in idle_readers:
+                task.cancel()
+            await asyncio.gather(*idle_readers, return_exceptions=True)
         await asyncio.sleep(0.5)
 
         pairs = await flavor.open_pairs(http_ws, params.pairs, sdp)
@@ -414,6 +427,11 @@ def _deflate_negotiated(ws: aiohttp.ClientWebSocketResponse) -> bool:
     return bool(getattr(ws, "compress", 0))
 
 
+async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async for _ in ws:
+        pass
+
+
 async def _close_all(sockets: Sequence[aiohttp.ClientWebSocketResponse]) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(15):
@@ -448,6 +466,7 @@ class SignalingFlavor:
     name = "ours"
 
     def __init__(self, port: int, population: Population, tokens: dict[str, str]) -> None:
+        self.port = port
         self.base = f"ws://{LOOPBACK}:{port}"
         self.population = population
         self.tokens = tokens
@@ -456,6 +475,12 @@ class SignalingFlavor:
 
     def kind_of(self, text: str) -> str | None:
         return _kind(text)
+
+    async def connections_held(self, http: aiohttp.ClientSession) -> int | None:
+        """Booths and staff connected, as the server counts them (``/healthz``)."""
+        async with http.get(f"http://{LOOPBACK}:{self.port}/healthz") as response:
+            health = await response.json()
+        return int(health["booths"]) + int(health["staff"])
 
     async def _booth(self, http: _WsSession, account: BoothAccount) -> Any:
         ws = await http.connect(f"{self.base}/ws/booth")
@@ -613,6 +638,9 @@ class PeerJsFlavor:
     def kind_of(self, text: str) -> str | None:
         return _kind(text)
 
+    async def connections_held(self, http: aiohttp.ClientSession) -> int | None:
+        return None  # PeerJS has no count without peer discovery
+
     async def _peer(self, http: _WsSession, peer_id: str) -> Any:
         ws = await http.connect(f"{self.base}&id={peer_id}&token={secrets.token_hex(8)}")
         opened = json.loads(await _receive_json(ws))
@@ -699,15 +727,58 @@ async def run(params: Params, workdir: Path) -> dict[str, Any]:
     if fd_limit < needed:
         log.warning("file-descriptor limit %d is below the %d this run needs", fd_limit, needed)
     sdp = sdp_text(params.payload_bytes)
-    ours = (await run_signaling(params, workdir, sdp)).as_json()
     reason = None if params.peerjs else "disabled (--no-peerjs)"
     reason = reason or peerjs_unavailable_reason()
-    theirs: dict[str, Any] | None = None
-    if reason is None:
-        theirs = (await run_peerjs(params, workdir, sdp)).as_json()
-    else:
+    if reason is not None:
         log.warning("PeerJS is not measured: %s", reason)
-    return summarise(params, ours, theirs, reason)
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    # Rounds alternate between the servers (fresh processes each time), so that a change
+    # in the machine's other load hits both alike.
+    for n in range(params.rounds):
+        if params.rounds > 1:
+            log.info("round %d of %d", n + 1, params.rounds)
+        ours.append((await run_signaling(params, _subdir(workdir, f"ours-{n}"), sdp)).as_json())
+        if reason is None:
+            theirs.append(
+                (await run_peerjs(params, _subdir(workdir, f"peerjs-{n}"), sdp)).as_json()
+            )
+    out = summarise(
+        params, median_figures(ours), median_figures(theirs) if theirs else None, reason
+    )
+    if params.rounds > 1:
+        out["ours_msgs_per_s_by_round"] = [r["msgs_per_s"] for r in ours]
+        out["ours_relay_p99_ms_by_round"] = [r["relay_p99_ms"] for r in ours]
+        out["peerjs_msgs_per_s_by_round"] = [r["msgs_per_s"] for r in theirs]
+        out["peerjs_relay_p99_ms_by_round"] = [r["relay_p99_ms"] for r in theirs]
+    return out
+
+
+def _subdir(workdir: Path, name: str) -> Path:
+    path = workdir / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def median_figures(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One server's figures over the rounds: the median of each number, counters added."""
+    out: dict[str, Any] = {}
+    for key, first in rounds[0].items():
+        values = [r[key] for r in rounds]
+        if isinstance(first, bool) or first is None:
+            out[key] = first
+        elif isinstance(first, int | float):
+            numbers = [float(v) for v in values if v is not None]
+            median = percentile(numbers, 50)
+            out[key] = int(median) if isinstance(first, int) else rounded(median, 3)
+        elif isinstance(first, dict):
+            total: Counter[str] = Counter()
+            for v in values:
+                total.update(v)
+            out[key] = dict(sorted(total.items()))
+        else:
+            out[key] = first
+    return out
 
 
 def summarise(
@@ -715,6 +786,7 @@ def summarise(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "scenario": SCENARIO,
+        "rounds": params.rounds,
         "pairs": params.pairs,
         "idle_connections": params.idle,
         "duration_s": params.duration,
@@ -777,6 +849,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     p.add_argument("--in-flight", type=int, default=1, help="messages in flight per pair")
     p.add_argument("--payload-bytes", type=int, default=4096, help="SDP size (default 4096)")
     p.add_argument("--connect-concurrency", type=int, default=20, help="connections at once")
+    p.add_argument("--rounds", type=int, default=1, help="rounds, alternating the servers")
     p.add_argument("--no-peerjs", action="store_true", help="measure the signaling server only")
     p.add_argument(
         "--no-client-deflate",
@@ -795,9 +868,16 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     logging.basicConfig(
         stream=sys.stderr, level=a.log_level.upper(), format="%(asctime)s %(name)s %(message)s"
     )
-    if a.pairs < 1 or a.idle < 0 or a.duration <= 0 or a.in_flight < 1 or a.payload_bytes < 600:
+    if (
+        a.rounds < 1
+        or a.pairs < 1
+        or a.idle < 0
+        or a.duration <= 0
+        or a.in_flight < 1
+        or a.payload_bytes < 600
+    ):
         p.error("--pairs, --duration, --in-flight must be positive; --payload-bytes ≥ 600")
-    timeout = a.timeout if a.timeout is not None else 300 + 2 * (a.duration + a.warmup)
+    timeout = a.timeout if a.timeout is not None else (300 + 2 * (a.duration + a.warmup)) * a.rounds
     return Params(
         pairs=a.pairs,
         idle=a.idle,
@@ -807,6 +887,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         payload_bytes=a.payload_bytes,
         connect_concurrency=a.connect_concurrency,
         peerjs=not a.no_peerjs,
+        rounds=a.rounds,
         client_deflate=not a.no_client_deflate,
         timeout=timeout,
         profile_server=a.profile_server.resolve() if a.profile_server else None,

@@ -37,3 +37,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+
+# PeerJS server for bench/relay_load.py (the relay benchmark compares against it). Optional:
+# without npm the benchmark measures the signaling server alone and says so.
+if command -v npm >/dev/null; then
+  if [ ! -f bench/peerjs/node_modules/.package-lock.json ] \
+    || [ bench/peerjs/package-lock.json -nt bench/peerjs/node_modules/.package-lock.json ]; then
+    echo "setup: installing the PeerJS server into bench/peerjs (npm ci)"
+    (cd bench/peerjs && npm ci --no-audit --no-fund --loglevel=error) \
+      || echo "setup: npm ci failed; bench/relay_load.py will run without PeerJS"
+  fi
+else
+  echo "setup: npm not found; bench/relay_load.py will run without PeerJS"
+fi

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, TypeAdapter
@@ -81,7 +81,7 @@ from signaling.matching import (
     ToStaff,
 )
 from signaling.metrics import PresenceSnapshot, SignalingMetrics
-from signaling.store import SignalingStore
+from signaling.store import BoothAccount, SignalingStore, StaffAccount
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def _frame_size(frame: str) -> int:
 
 
 class Connection:
-    """One authenticated WebSocket: a bounded outgoing queue drained by its own writer.
+    """One authenticated WebSocket: a bounded outgoing queue drained by its own writer
+    task (running only while there is something to write).
 
     ``send(frame, coalesce=KEY)`` marks a push that carries a whole state (queue status,
     snapshots): it replaces an unsent frame with the same key, so it never piles up. When
@@ -167,10 +168,11 @@ class Connection:
         self._bytes = 0
         self._replaced = 0  # replaced entries still in _queue
         self._close_item: _Close | None = None
-        self._wakeup = asyncio.Event()
         self._closing = False
         self._closer: asyncio.Task[None] | None = None
-        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer {label}")
+        # Started when there is something to write, ends when the queue is empty: an
+        # idle connection holds no task.
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def closing(self) -> bool:
@@ -202,7 +204,7 @@ class Connection:
         if self._replaced > 64 and self._replaced > self._frames:
             self._queue = deque(q for q in self._queue if q.frame is not None)
             self._replaced = 0
-        self._wakeup.set()
+        self._start_writer()
 
     def send_error(self, error: ProtocolError) -> None:
         self.send(encode(_error_message(error)))
@@ -235,11 +237,12 @@ class Connection:
         if not self._closing:
             self._closing = True
             self._close_item = _Close(code, reason)
-            self._wakeup.set()
+            self._start_writer()
 
     async def wait_closed(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
         if self._closer is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._closer
@@ -247,12 +250,13 @@ class Connection:
     async def aclose(self) -> None:
         """Stop the writer; after :meth:`close` it first gets ``SLOW_CLOSE_GRACE_S`` to
         send the frames queued before the close, and the close."""
-        if self._close_item is not None and not self._writer.done():
+        writer = self._writer
+        if self._close_item is not None and writer is not None and not writer.done():
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._writer), SLOW_CLOSE_GRACE_S)
+                await asyncio.wait_for(asyncio.shield(writer), SLOW_CLOSE_GRACE_S)
         self._closing = True
-        if not self._writer.done():
-            self._writer.cancel()
+        if writer is not None and not writer.done():
+            writer.cancel()
         if self._closer is not None and not self._closer.done():
             self._closer.cancel()
         await self.wait_closed()
@@ -268,7 +272,7 @@ class Connection:
         self._queue.clear()
         self._latest.clear()
         self._frames = self._bytes = self._replaced = 0
-        if not self._writer.done():
+        if self._writer is not None and not self._writer.done():
             self._writer.cancel()
         self._closer = asyncio.create_task(self._close_slow(), name=f"ws-close {self.label}")
         if self._on_overflow is not None:
@@ -276,8 +280,9 @@ class Connection:
 
     async def _close_slow(self) -> None:
         """Try a clean 4408 close; cut the connection when the peer does not take it."""
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
         try:
             await asyncio.wait_for(
                 self.ws.close(code=CLOSE_SLOW, message=b"too many unread frames"),
@@ -289,14 +294,17 @@ class Connection:
             if self._transport is not None and not self._transport.is_closing():
                 self._transport.abort()
 
+    def _start_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer {self.label}")
+
     async def _write_loop(self) -> None:
         try:
             while True:
-                while not self._queue and self._close_item is None:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
                 if not self._queue:
-                    assert self._close_item is not None
+                    if self._close_item is None:
+                        self._writer = None  # started again by the next send() or close()
+                        return
                     code, reason = self._close_item.code, self._close_item.reason
                     await self.ws.close(code=code, message=reason.encode()[:120])
                     return
@@ -348,6 +356,23 @@ def _close_code(error: ProtocolError) -> int:
     return CLOSE_AUTH
 
 
+class ClusterLink(Protocol):
+    """Cluster mode (:mod:`signaling.cluster`): where this node's connections' events go
+    instead of the local dispatcher; the leader's frames come back to the connections."""
+
+    def connected(
+        self, side: Side, peer_id: str, conn: Connection, account: BoothAccount | StaffAccount
+    ) -> str:
+        """Returns the connection's id in the cluster."""
+        ...
+
+    def disconnected(self, side: Side, peer_id: str, conn_id: str) -> None: ...
+
+    async def forward(
+        self, side: Side, peer_id: str, conn_id: str, message: BaseModel, frame: str | None
+    ) -> None: ...
+
+
 class SignalingServer:
     """Connections, the dispatcher, its timer and the fan-out loop."""
 
@@ -382,6 +407,7 @@ class SignalingServer:
         self._seen: set[tuple[Side, str]] = set()  # ids that connected before (reconnects)
         self._offered: set[str] = set()  # waiting requests that had their first offer
         self._relay_counters: dict[str, Any] = {}  # relay_messages by payload kind
+        self.cluster: ClusterLink | None = None  # cluster mode: set by signaling.cluster
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -746,6 +772,9 @@ class SignalingServer:
         conn = self._connection(ws, request, f"booth {booth_id}")
         self._take_over(self.booths, booth_id, conn, "this booth connected again elsewhere")
         self.dispatcher.upsert_booth(account.info)
+        if self.cluster is not None:
+            await self._serve_in_cluster(Side.BOOTH, booth_id, account, conn, ws, budget)
+            return
         try:
             self.perform(self.dispatcher.booth_connected(booth_id, self._clock()))
             entry = self.dispatcher.booths[booth_id]
@@ -873,6 +902,9 @@ class SignalingServer:
         conn = self._connection(ws, request, f"staff {staff_id}")
         self._take_over(self.staff, staff_id, conn, "signed in again in another window")
         self.dispatcher.upsert_staff(account.info, account.role, account.site_id, account.skills)
+        if self.cluster is not None:
+            await self._serve_in_cluster(Side.STAFF, staff_id, account, conn, ws, budget)
+            return
         try:
             self.perform(self.dispatcher.staff_connected(staff_id, self._clock()))
             session_id = self.dispatcher.staff[staff_id].session_id
@@ -914,6 +946,35 @@ class SignalingServer:
             self.perform(d.media_failed(Side.STAFF, staff_id, message.session_id, now))
         else:  # StaffHello
             raise ProtocolError(ErrorCode.OUT_OF_ORDER, "already authenticated", ref="hello")
+
+    # ------------------------------------------------------------------ cluster mode
+
+    async def _serve_in_cluster(
+        self,
+        side: Side,
+        peer_id: str,
+        account: BoothAccount | StaffAccount,
+        conn: Connection,
+        ws: web.WebSocketResponse,
+        budget: MessageBudget,
+    ) -> None:
+        """Cluster mode: the connection's events go to the leader through
+        :attr:`cluster`; its frames come back to ``conn`` from there."""
+        assert self.cluster is not None
+        registry = self.booths if side is Side.BOOTH else self.staff
+        adapter = booth_to_server if side is Side.BOOTH else staff_to_server
+        conn_id = self.cluster.connected(side, peer_id, conn, account)
+        self._welcomed(side, peer_id, False)
+        self.log.info("%s %s connected (connection %s)", side.value, peer_id, conn_id)
+        try:
+            handle = partial(self.cluster.forward, side, peer_id, conn_id)
+            await self._read_loop(ws, conn, side, budget, adapter, handle)
+        finally:
+            if registry.get(peer_id) is conn:
+                del registry[peer_id]
+            self.cluster.disconnected(side, peer_id, conn_id)
+            self.log.info("%s %s disconnected (connection %s)", side.value, peer_id, conn_id)
+            await conn.aclose()
 
     # ------------------------------------------------------------------ relay
 

@@ -99,3 +99,84 @@ def test_matching_benchmark_small_run() -> None:
     workdir = re.search(r"working directory (\S+)", proc.stderr)
     assert workdir is not None
     assert not Path(workdir.group(1)).exists()
+
+
+RELAY_REQUIRED_KEYS = {
+    "scenario",
+    "pairs",
+    "idle_connections",
+    "payload_bytes",
+    "signaling_message_rate_per_s",
+    "peerjs_available",
+    "ours_connect_p50_ms",
+    "ours_connect_p99_ms",
+    "ours_relay_p50_ms",
+    "ours_relay_p99_ms",
+    "ours_msgs_per_s",
+    "ours_rss_mb_per_1000_idle",
+    "ours_cpu_s_per_10k_msgs",
+    "ours_loadgen_cpu_percent",
+    "ratio_msgs_per_s_vs_peerjs",
+    "ratio_relay_p99_vs_peerjs",
+    "ratio_rss_per_idle_vs_peerjs",
+    "meets_target",
+}
+
+
+def test_relay_benchmark_small_run() -> None:
+    """A few pairs for a second: ours always, PeerJS too when bench/peerjs is installed."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.relay_load",
+            "--pairs=3",
+            "--idle=20",
+            "--duration=1",
+            "--warmup=0.3",
+            "--timeout=40",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=45,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout
+    result = json.loads(lines[0])
+
+    assert result.keys() >= RELAY_REQUIRED_KEYS
+    assert result["scenario"] == "relay_load"
+    assert (result["pairs"], result["idle_connections"]) == (3, 20)
+    assert result["signaling_message_rate_per_s"] >= 100_000  # the limiter is not measured
+    sides = ["ours", "peerjs"] if result["peerjs_available"] else ["ours"]
+    for side in sides:
+        assert result[f"{side}_idle_connected"] == 20
+        assert result[f"{side}_errors"] == {}
+        assert result[f"{side}_relayed"] > 10  # messages bounced through the server
+        # Each pair keeps one message in flight; the last ones may still be on their way.
+        sent, received = result[f"{side}_sent_total"], result[f"{side}_received_total"]
+        assert sent - 3 <= received <= sent
+        p50, p99 = result[f"{side}_relay_p50_ms"], result[f"{side}_relay_p99_ms"]
+        assert 0 < p50 <= p99 < 2000
+        assert 0 < result[f"{side}_connect_p50_ms"] <= result[f"{side}_connect_p99_ms"]
+        assert result[f"{side}_msgs_per_s"] > 10
+        assert result[f"{side}_cpu_s_per_10k_msgs"] > 0
+    assert result["ours_permessage_deflate"] is False
+    if result["peerjs_available"]:
+        ratio = result["ours_msgs_per_s"] / result["peerjs_msgs_per_s"]
+        assert math.isclose(result["ratio_msgs_per_s_vs_peerjs"], ratio, rel_tol=0.01)
+        assert isinstance(result["meets_target"], bool)
+    else:
+        assert result["ratio_msgs_per_s_vs_peerjs"] is None
+        assert result["meets_target"] is None
+
+    pids = [int(p) for p in re.findall(r"started .+? \(pid (\d+)\)", proc.stderr)]
+    assert len(pids) == len(sides), proc.stderr[-4000:]
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"process {pid} outlived the benchmark"
+    workdir = re.search(r"working directory (\S+)", proc.stderr)
+    assert workdir is not None
+    assert not Path(workdir.group(1)).exists()
