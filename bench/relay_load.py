@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import aiohttp
+from aiohttp import web
 
 from bench._load import (
     LOOPBACK,
@@ -112,6 +113,7 @@ class Params:
     connect_concurrency: int
     peerjs: bool
     rounds: int
+    floor: bool
     client_deflate: bool
     timeout: float
     profile_server: Path | None = None
@@ -363,7 +365,9 @@ async def measure_server(
         endpoints = [e for pair in pairs for e in pair]
         readers = [asyncio.create_task(e.run(tally, flavor.kind_of)) for e in endpoints]
         keepalive = (
-            asyncio.create_task(_peerjs_heartbeats(endpoints)) if flavor.name == "peerjs" else None
+            asyncio.create_task(_peerjs_heartbeats(endpoints))
+            if isinstance(flavor, PeerJsFlavor)
+            else None
         )
         try:
             for booth_side, _ in pairs:
@@ -630,9 +634,8 @@ def peerjs_unavailable_reason() -> str | None:
 class PeerJsFlavor:
     """PeerJS clients: ``/peerjs?key&id&token``, ready on ``OPEN``; SDP in OFFER/ANSWER."""
 
-    name = "peerjs"
-
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, name: str = "peerjs") -> None:
+        self.name = name
         self.base = f"ws://{LOOPBACK}:{port}/peerjs?key={PEERJS_KEY}"
 
     def kind_of(self, text: str) -> str | None:
@@ -711,6 +714,68 @@ async def run_peerjs(params: Params, workdir: Path, sdp: str) -> ServerFigures:
 
 
 # --------------------------------------------------------------------------------------
+# The floor: a bare aiohttp relay
+# --------------------------------------------------------------------------------------
+
+FLOOR_PEERS: Final = web.AppKey("floor_peers", dict[str, web.WebSocketResponse])
+FLOOR_HEARTBEAT_S: Final = 10.0  # signaling's default heartbeat_s
+
+
+def floor_app() -> web.Application:
+    """The least a relay on aiohttp does: PeerJS's client protocol (``id`` in the query,
+    ``OPEN``, ``dst`` in each message), each frame parsed to find ``dst`` and forwarded as
+    it came. No authentication, validation, limits or sessions; the same WebSocket settings
+    as signaling (heartbeat, no compression)."""
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        peer_id = request.query.get("id", "")
+        ws = web.WebSocketResponse(
+            heartbeat=FLOOR_HEARTBEAT_S, max_msg_size=wire.MAX_MESSAGE_BYTES, compress=False
+        )
+        await ws.prepare(request)
+        peers = request.app[FLOOR_PEERS]
+        peers[peer_id] = ws
+        try:
+            await ws.send_str('{"type":"OPEN"}')
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    target = peers.get(json.loads(msg.data).get("dst", ""))
+                    if target is not None:
+                        await target.send_str(msg.data)
+        finally:
+            if peers.get(peer_id) is ws:
+                del peers[peer_id]
+        return ws
+
+    app = web.Application()
+    app[FLOOR_PEERS] = {}
+    app.router.add_get("/peerjs", handle)
+    return app
+
+
+def _serve_floor(port: int) -> None:
+    raise_fd_limit()
+    web.run_app(floor_app(), host=LOOPBACK, port=port, print=None, handle_signals=True)
+
+
+async def run_floor(params: Params, workdir: Path, sdp: str) -> ServerFigures:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.relay_load", "floor", "--port", str(port)]
+    server = ChildProcess("aiohttp floor", argv, workdir / "floor.log")
+    try:
+        await server.start()
+        await server.wait_listening(LOOPBACK, port, 30)
+        figures = await measure_server(PeerJsFlavor(port, "floor"), params, server.pid, sdp)
+    except Exception:
+        log.error("floor log (tail):\n%s", server.log_tail())
+        raise
+    finally:
+        await server.aclose(grace_s=5)
+    figures.stop_s = server.stop_s
+    return figures
+
+
+# --------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------
 
@@ -733,6 +798,7 @@ async def run(params: Params, workdir: Path) -> dict[str, Any]:
         log.warning("PeerJS is not measured: %s", reason)
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
     # Rounds alternate between the servers (fresh processes each time), so that a change
     # in the machine's other load hits both alike.
     for n in range(params.rounds):
@@ -743,9 +809,22 @@ async def run(params: Params, workdir: Path) -> dict[str, Any]:
             theirs.append(
                 (await run_peerjs(params, _subdir(workdir, f"peerjs-{n}"), sdp)).as_json()
             )
+        if params.floor:
+            floors.append((await run_floor(params, _subdir(workdir, f"floor-{n}"), sdp)).as_json())
     out = summarise(
         params, median_figures(ours), median_figures(theirs) if theirs else None, reason
     )
+    if floors:
+        floor = median_figures(floors)
+        out.update({f"floor_{k}": v for k, v in floor.items()})
+        out["ratio_msgs_per_s_vs_floor"] = _ratio(out["ours_msgs_per_s"], floor["msgs_per_s"])
+        out["ratio_relay_p99_vs_floor"] = _ratio(out["ours_relay_p99_ms"], floor["relay_p99_ms"])
+        out["ratio_cpu_per_10k_vs_floor"] = _ratio(
+            out["ours_cpu_s_per_10k_msgs"], floor["cpu_s_per_10k_msgs"]
+        )
+        out["ratio_rss_per_idle_vs_floor"] = _ratio(
+            out["ours_rss_mb_per_1000_idle"], floor["rss_mb_per_1000_idle"]
+        )
     if params.rounds > 1:
         out["ours_msgs_per_s_by_round"] = [r["msgs_per_s"] for r in ours]
         out["ours_relay_p99_ms_by_round"] = [r["relay_p99_ms"] for r in ours]
@@ -850,7 +929,8 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     p.add_argument("--payload-bytes", type=int, default=4096, help="SDP size (default 4096)")
     p.add_argument("--connect-concurrency", type=int, default=20, help="connections at once")
     p.add_argument("--rounds", type=int, default=1, help="rounds, alternating the servers")
-    p.add_argument("--no-peerjs", action="store_true", help="measure the signaling server only")
+    p.add_argument("--no-peerjs", action="store_true", help="do not measure PeerJS")
+    p.add_argument("--no-floor", action="store_true", help="do not measure the aiohttp floor")
     p.add_argument(
         "--no-client-deflate",
         action="store_true",
@@ -888,6 +968,7 @@ def parse_args(argv: Sequence[str] | None) -> Params:
         connect_concurrency=a.connect_concurrency,
         peerjs=not a.no_peerjs,
         rounds=a.rounds,
+        floor=not a.no_floor,
         client_deflate=not a.no_client_deflate,
         timeout=timeout,
         profile_server=a.profile_server.resolve() if a.profile_server else None,
@@ -912,7 +993,13 @@ async def _main(params: Params, workdir: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    params = parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["floor"]:  # the floor server, started by the benchmark
+        floor = argparse.ArgumentParser(prog="python -m bench.relay_load floor")
+        floor.add_argument("--port", type=int, required=True)
+        _serve_floor(floor.parse_args(args[1:]).port)
+        return 0
+    params = parse_args(args)
     with tempfile.TemporaryDirectory(prefix="ekichika-bench-relay-") as tmp:
         log.info("working directory %s", tmp)
         try:
