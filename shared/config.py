@@ -78,6 +78,15 @@ class SignalingConfig(BaseSettings):
     # long for the database.
     metrics_allowed_addresses: list[str] = ["127.0.0.1", "::1"]
     readiness_timeout_s: float = 2.0
+    # Several nodes (docs/architecture.md "Several signaling nodes"): the Redis server they
+    # share; database_url must then be PostgreSQL. "": one process, nothing shared.
+    redis_url: str = ""
+    cluster_key_prefix: str = "ekichika:signaling"  # of every Redis key and channel
+    leader_retry_s: float = 0.5  # a node tries to take the free leadership this often
+    # A node that has not renewed its presence key for this long is gone: the leader
+    # treats its connections as lost.
+    node_timeout_s: float = 5.0
+    cluster_stream_max_events: int = 100_000  # the event stream is trimmed to about this
 
 
 class ConsoleConfig(BaseSettings):

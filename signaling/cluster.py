@@ -1,0 +1,697 @@
+"""Several signaling nodes on PostgreSQL and Redis (``redis_url`` set).
+
+Every node serves booths and staff as in a single process (authentication, limits,
+decoding, heartbeats), but the matching core runs on one node at a time, the leader:
+
+* **Leadership.** Each node tries ``pg_try_advisory_lock`` on a fixed key every
+  ``leader_retry_s`` on a connection of its own. The holder leads until that connection
+  fails (PostgreSQL frees the lock when the process dies, even on SIGKILL). Each term has
+  an *epoch*: the transaction id PostgreSQL assigns when the lock is taken, which only
+  grows. Every frame the leader sends carries it, and a node ignores frames from an
+  epoch older than the newest it has seen.
+* **Events.** A node appends every event of its connections (connected, disconnected,
+  each message as the text it came in) to one Redis stream (XADD, trimmed to about
+  ``cluster_stream_max_events``). Only the leader reads it (XREAD), in order, and feeds
+  the :class:`~signaling.matching.Dispatcher`: matching is serialised cluster-wide.
+* **Actions.** The leader knows from the events which node holds each connection; it
+  publishes frames for them on that node's channel, and writes the Persist records itself
+  (the node's batched store, on PostgreSQL). Relays pass the leader too (it checks the
+  session) and are forwarded as their text.
+* **Take-over** (phase 1). A new leader ends the sessions left open (``server_restart``),
+  loads the directory and the waiting requests from PostgreSQL, reads the stream from
+  where the last leader stopped (the cursor it kept in Redis) and announces its epoch;
+  every node then announces the connections it holds. Nodes renew a presence key every
+  second; the leader treats the connections of a node whose key expired
+  (``node_timeout_s``) as lost.
+
+Keys (prefix ``cluster_key_prefix``): ``:events`` (stream), ``:cursor`` (last event the
+leader handled), ``:leader`` (epoch and node), ``:node:<id>`` (presence); channels
+``:to:<node id>`` (frames for a node) and ``:leaders`` (a new epoch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any, Final, cast
+
+import asyncpg  # type: ignore[import-untyped]
+from pydantic import BaseModel, ValidationError
+from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
+
+from shared.config import SignalingConfig
+from shared.errors import ConfigError, ProtocolError
+from shared.protocol import (
+    AcceptOffer,
+    BoothInfo,
+    CancelRequest,
+    DeclineOffer,
+    DeviceStatusReport,
+    ErrorCode,
+    HangUp,
+    MediaConnected,
+    MediaFailed,
+    Offer,
+    Relay,
+    RequestHelp,
+    SetState,
+    StaffInfo,
+    StaffRole,
+    StaffState,
+    WrapUpDone,
+)
+from shared.wire import booth_to_server, decode_frame, encode, staff_to_server
+from signaling.matching import Action, Dispatcher, Persist, Side, ToBooth, utc
+from signaling.server import (
+    _COALESCED,
+    CLOSE_DUPLICATE,
+    Connection,
+    NodeLog,
+    SignalingServer,
+    _error_message,
+)
+from signaling.store import BoothAccount, StaffAccount
+
+log = logging.getLogger(__name__)
+
+LEADER_LOCK_KEY: Final = 0x456B_6963_6869_6B61  # "Ekichika": the advisory lock of the leader
+READ_BATCH: Final = 500  # events per XREAD
+PRESENCE_EVERY_S: Final = 1.0
+
+
+class EventKind(StrEnum):
+    CONNECTED = "connected"
+    ANNOUNCED = "announced"  # a connection held when a new leader took over
+    DISCONNECTED = "disconnected"
+    MESSAGE = "message"
+
+
+class BoothJoined(BaseModel):
+    booth: BoothInfo
+
+
+class StaffJoined(BaseModel):
+    staff: StaffInfo
+    role: StaffRole
+    site_id: str | None
+    skills: list[tuple[str, str]]
+
+
+class Delivery(BaseModel):
+    """A frame for one connection, then optionally its close."""
+
+    conn: str
+    frame: str | None = None
+    coalesce: str | None = None
+    close_code: int | None = None
+    close_reason: str = ""
+
+
+class Deliveries(BaseModel):
+    epoch: int
+    leader: str
+    items: list[Delivery]
+
+
+class LeaderChanged(BaseModel):
+    epoch: int
+    leader: str
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """The asyncpg DSN of a SQLAlchemy PostgreSQL URL; ConfigError for other databases."""
+    url = make_url(database_url)
+    if not url.drivername.startswith("postgresql"):
+        raise ConfigError("several signaling nodes (redis_url) need a PostgreSQL database_url")
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _redis(call: Awaitable[Any] | Any) -> Any:
+    """Await a redis-py call (its stubs type results as ``Awaitable[Any] | Any``)."""
+    return await cast(Awaitable[Any], call)
+
+
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        self.events = f"{prefix}:events"
+        self.cursor = f"{prefix}:cursor"
+        self.leader = f"{prefix}:leader"
+        self.leaders = f"{prefix}:leaders"
+        self._prefix = prefix
+
+    def node(self, node_id: str) -> str:
+        return f"{self._prefix}:node:{node_id}"
+
+    def to(self, node_id: str) -> str:
+        return f"{self._prefix}:to:{node_id}"
+
+
+class ClusterNode:
+    """This node's part of the cluster: forwards its connections' events, delivers the
+    leader's frames, renews its presence and takes the leadership when it is free.
+
+    It is the :class:`~signaling.server.ClusterLink` of the node's SignalingServer."""
+
+    def __init__(
+        self,
+        config: SignalingConfig,
+        server: SignalingServer,
+        load_dispatcher: Callable[[float], Awaitable[Dispatcher]],
+    ) -> None:
+        self.config = config
+        self.server = server
+        self.node_id = config.node_id
+        self.keys = Keys(config.cluster_key_prefix)
+        self.log = NodeLog(log, {"node_id": config.node_id})
+        self._dsn = asyncpg_dsn(config.database_url)
+        self._load_dispatcher = load_dispatcher
+        self._redis: Redis = Redis.from_url(config.redis_url, decode_responses=True)
+        self._boot = uuid.uuid4().hex[:8]
+        self._conn_seq = itertools.count(1)
+        # connection id -> (side, peer id, connection, what it announces)
+        self._conns: dict[str, tuple[Side, str, Connection, str]] = {}
+        self._outbox: deque[dict[str, str]] = deque()
+        self._outbox_ready = asyncio.Event()
+        self.epoch = 0  # the newest leadership term seen
+        self.leader: Leader | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(self.keys.to(self.node_id), self.keys.leaders)
+        await self._renew_presence()
+        self._tasks = [
+            asyncio.create_task(self._listen(pubsub), name="cluster-listen"),
+            asyncio.create_task(self._send_loop(), name="cluster-send"),
+            asyncio.create_task(self._presence_loop(), name="cluster-presence"),
+            asyncio.create_task(self._elect_loop(), name="cluster-elect"),
+        ]
+
+    async def aclose(self) -> None:
+        """Give up the leadership, send the events still queued, disconnect (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in reversed(self._tasks):
+            if task.get_name() == "cluster-send":
+                continue
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await self._send_pending()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await _redis(self._redis.delete(self.keys.node(self.node_id)))
+        await self._redis.aclose()
+
+    def status(self) -> dict[str, Any]:
+        return {"node": self.node_id, "leader": self.leader is not None, "epoch": self.epoch}
+
+    # ------------------------------------------------------------------ ClusterLink
+
+    def connected(
+        self, side: Side, peer_id: str, conn: Connection, account: BoothAccount | StaffAccount
+    ) -> str:
+        conn_id = f"{self._boot}-{next(self._conn_seq)}"
+        if isinstance(account, BoothAccount):
+            joined = BoothJoined(booth=account.info).model_dump_json()
+        else:
+            joined = StaffJoined(
+                staff=account.info,
+                role=account.role,
+                site_id=account.site_id,
+                skills=list(account.skills),
+            ).model_dump_json()
+        self._conns[conn_id] = (side, peer_id, conn, joined)
+        self._emit(EventKind.CONNECTED, side, peer_id, conn_id, joined)
+        return conn_id
+
+    def disconnected(self, side: Side, peer_id: str, conn_id: str) -> None:
+        self._conns.pop(conn_id, None)
+        self._emit(EventKind.DISCONNECTED, side, peer_id, conn_id, "")
+
+    async def forward(
+        self, side: Side, peer_id: str, conn_id: str, message: BaseModel, frame: str | None
+    ) -> None:
+        if message.type == "hello":  # type: ignore[attr-defined]
+            raise ProtocolError(ErrorCode.OUT_OF_ORDER, "already authenticated", ref="hello")
+        self._emit(EventKind.MESSAGE, side, peer_id, conn_id, frame or encode(message))
+
+    # ------------------------------------------------------------------ events out
+
+    def _emit(self, kind: EventKind, side: Side, peer_id: str, conn_id: str, body: str) -> None:
+        self._outbox.append(
+            {"n": self.node_id, "c": conn_id, "s": side.value, "p": peer_id, "k": kind, "b": body}
+        )
+        self._outbox_ready.set()
+
+    async def _send_pending(self) -> None:
+        while self._outbox:
+            batch = [self._outbox[i] for i in range(min(READ_BATCH, len(self._outbox)))]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for fields in batch:
+                    pipe.xadd(
+                        self.keys.events,
+                        cast(Any, fields),
+                        maxlen=self.config.cluster_stream_max_events,
+                        approximate=True,
+                    )
+                await pipe.execute()
+            for _ in batch:
+                self._outbox.popleft()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            try:
+                await self._send_pending()
+            except Exception as err:
+                self.log.warning("events not sent to Redis (%s); retrying", err)
+                await asyncio.sleep(self.config.leader_retry_s)
+                self._outbox_ready.set()
+
+    # ------------------------------------------------------------------ frames in
+
+    async def _listen(self, pubsub: Any) -> None:
+        try:
+            while True:
+                try:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                except Exception as err:
+                    self.log.warning("Redis subscription failed (%s); resubscribing", err)
+                    await asyncio.sleep(self.config.leader_retry_s)
+                    with contextlib.suppress(Exception):
+                        await pubsub.subscribe(self.keys.to(self.node_id), self.keys.leaders)
+                    continue
+                if message is None:
+                    continue
+                try:
+                    if message["channel"] == self.keys.leaders:
+                        self._leader_changed(LeaderChanged.model_validate_json(message["data"]))
+                    else:
+                        self._deliver(Deliveries.model_validate_json(message["data"]))
+                except ValidationError as err:
+                    self.log.warning("unreadable cluster message: %s", err)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    def _leader_changed(self, change: LeaderChanged) -> None:
+        if change.epoch <= self.epoch:
+            return
+        self.epoch = change.epoch
+        self.log.info(
+            "leader is node %s (epoch %d); announcing %d connections",
+            change.leader,
+            change.epoch,
+            len(self._conns),
+        )
+        for conn_id, (side, peer_id, _conn, joined) in list(self._conns.items()):
+            self._emit(EventKind.ANNOUNCED, side, peer_id, conn_id, joined)
+
+    def _deliver(self, batch: Deliveries) -> None:
+        if batch.epoch < self.epoch:
+            self.log.warning(
+                "frames from node %s of an old epoch %d ignored", batch.leader, batch.epoch
+            )
+            return
+        if batch.epoch > self.epoch:
+            self._leader_changed(LeaderChanged(epoch=batch.epoch, leader=batch.leader))
+        for item in batch.items:
+            entry = self._conns.get(item.conn)
+            if entry is None:
+                continue
+            conn = entry[2]
+            if item.frame is not None:
+                conn.send(item.frame, coalesce=item.coalesce)
+            if item.close_code is not None:
+                conn.close(item.close_code, item.close_reason)
+
+    # ------------------------------------------------------------------ presence
+
+    async def _renew_presence(self) -> None:
+        ttl_ms = max(1, round(self.config.node_timeout_s * 1000))
+        await _redis(self._redis.set(self.keys.node(self.node_id), self._boot, px=ttl_ms))
+
+    async def _presence_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_EVERY_S)
+            try:
+                await self._renew_presence()
+            except Exception as err:
+                self.log.warning("presence not renewed (%s)", err)
+
+    # ------------------------------------------------------------------ leadership
+
+    async def _elect_loop(self) -> None:
+        while True:
+            try:
+                lock_conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=10,
+                    server_settings={
+                        "application_name": f"ekichika-signaling leader {self.node_id}"
+                    },
+                )
+            except Exception as err:
+                self.log.warning("no PostgreSQL connection for the leadership (%s)", err)
+                await asyncio.sleep(self.config.leader_retry_s)
+                continue
+            try:
+                while True:
+                    if await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY):
+                        break
+                    await asyncio.sleep(self.config.leader_retry_s)
+                epoch = int(await lock_conn.fetchval("SELECT pg_current_xact_id()::text::bigint"))
+                await self._lead(lock_conn, epoch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                self.log.warning("leadership lost or not taken (%s)", err)
+            finally:
+                # Closing the connection releases the lock.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(lock_conn.close(), 2.0)
+                if not lock_conn.is_closed():
+                    lock_conn.terminate()
+            await asyncio.sleep(self.config.leader_retry_s)
+
+    async def _lead(self, lock_conn: asyncpg.Connection, epoch: int) -> None:
+        started = time.monotonic()
+        leader = Leader(self, epoch)
+        self.leader = leader
+        try:
+            await leader.take_over()
+            self.log.info(
+                "leading from epoch %d (took over in %.2f s)", epoch, time.monotonic() - started
+            )
+            run = asyncio.create_task(leader.run(), name="cluster-leader")
+            try:
+                while not run.done():
+                    await asyncio.wait({run}, timeout=self.config.leader_retry_s)
+                    if not run.done():
+                        # The lock lives as long as this connection does.
+                        await asyncio.wait_for(
+                            lock_conn.fetchval("SELECT 1"), self.config.node_timeout_s
+                        )
+            finally:
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+            run.result()
+        finally:
+            self.leader = None
+            self.log.info("no longer leading (epoch %d)", epoch)
+
+
+class Leader:
+    """One leadership term: the Dispatcher, where each connection is, the stream cursor."""
+
+    def __init__(self, node: ClusterNode, epoch: int) -> None:
+        self.node = node
+        self.epoch = epoch
+        self.config = node.config
+        self.server = node.server
+        self.log = node.log
+        self._redis = node._redis
+        self._keys = node.keys
+        self.dispatcher: Dispatcher | None = None
+        self.cursor = "0-0"
+        self._saved_cursor = ""
+        # (side, peer id) -> (node id, connection id) of the current connection
+        self.where: dict[tuple[Side, str], tuple[str, str]] = {}
+        self._out: dict[str, list[Delivery]] = defaultdict(list)
+
+    @property
+    def d(self) -> Dispatcher:
+        assert self.dispatcher is not None
+        return self.dispatcher
+
+    async def take_over(self) -> None:
+        """Load the state from PostgreSQL and announce the epoch (phase 1: the sessions the
+        previous leader left open end with ``server_restart``)."""
+        change = LeaderChanged(epoch=self.epoch, leader=self.node.node_id)
+        self.node._leader_changed(change)  # this node's own connections are announced too
+        store = self.server.store
+        now = time.time()
+        await store.flush()
+        ended = await store.close_interrupted_sessions(utc(now))
+        if ended:
+            self.log.info("%d sessions of the previous leader closed (server_restart)", ended)
+        self.dispatcher = await self.node._load_dispatcher(now)
+        cursor = await _redis(self._redis.get(self._keys.cursor))
+        self.cursor = cursor or "0-0"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._keys.leader, change.model_dump_json())
+            pipe.publish(self._keys.leaders, change.model_dump_json())
+            await pipe.execute()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        push_every = max(0.01, self.config.queue_push_interval_s)
+        next_push = loop.time() + push_every
+        next_presence = loop.time() + PRESENCE_EVERY_S
+        while True:
+            wait = next_push - loop.time()
+            deadline = self.d.next_deadline()
+            if deadline is not None:
+                wait = min(wait, deadline - time.time())
+            block_ms = max(1, round(wait * 1000))
+            streams: dict[Any, Any] = {self._keys.events: self.cursor}
+            reply = await _redis(self._redis.xread(streams, count=READ_BATCH, block=block_ms))
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    self.cursor = entry_id
+                    self._handle(fields)
+            deadline = self.d.next_deadline()
+            if deadline is not None and deadline <= time.time():
+                self._route(self.d.tick(time.time()))
+            if loop.time() >= next_push:
+                next_push = loop.time() + push_every
+                self._route(self.d.collect_pushes())
+            if loop.time() >= next_presence:
+                next_presence = loop.time() + PRESENCE_EVERY_S
+                await self._drop_lost_nodes()
+            await self._flush()
+
+    # ------------------------------------------------------------------ events
+
+    def _handle(self, fields: dict[str, str]) -> None:
+        try:
+            side = Side(fields["s"])
+            origin = (fields["n"], fields["c"])
+            peer_id, kind, body = fields["p"], EventKind(fields["k"]), fields["b"]
+        except (KeyError, ValueError):
+            self.log.warning("malformed cluster event ignored")
+            return
+        try:
+            if kind in (EventKind.CONNECTED, EventKind.ANNOUNCED):
+                self._connected(side, peer_id, origin, body)
+            elif kind is EventKind.DISCONNECTED:
+                if self.where.get((side, peer_id)) == origin:
+                    self._disconnected(side, peer_id)
+            elif self.where.get((side, peer_id), origin) == origin:
+                # Messages of an older connection of the same peer are not acted on.
+                self._message(side, peer_id, body)
+        except ProtocolError as err:
+            self._to(origin, Delivery(conn=origin[1], frame=encode(_error_message(err))))
+        except Exception:
+            self.log.exception("%s %s: event handling failed", side.value, peer_id)
+            error = ProtocolError(ErrorCode.INTERNAL, "internal error")
+            self._to(origin, Delivery(conn=origin[1], frame=encode(_error_message(error))))
+
+    def _connected(self, side: Side, peer_id: str, origin: tuple[str, str], body: str) -> None:
+        key = (side, peer_id)
+        current = self.where.get(key)
+        if current == origin:
+            return  # already known (an announcement after a replayed connect)
+        if current is not None:
+            why = (
+                "this booth connected again elsewhere"
+                if side is Side.BOOTH
+                else "signed in again in another window"
+            )
+            error = ProtocolError(ErrorCode.DUPLICATE_CONNECTION, why, fatal=True)
+            self._to(
+                current,
+                Delivery(
+                    conn=current[1],
+                    frame=encode(_error_message(error)),
+                    close_code=CLOSE_DUPLICATE,
+                    close_reason="duplicate connection",
+                ),
+            )
+        self.where[key] = origin
+        now = time.time()
+        if side is Side.BOOTH:
+            self.d.upsert_booth(BoothJoined.model_validate_json(body).booth)
+            self._route(self.d.booth_connected(peer_id, now))
+        else:
+            joined = StaffJoined.model_validate_json(body)
+            self.d.upsert_staff(joined.staff, joined.role, joined.site_id, joined.skills)
+            self._route(self.d.staff_connected(peer_id, now))
+
+    def _disconnected(self, side: Side, peer_id: str) -> None:
+        del self.where[(side, peer_id)]
+        now = time.time()
+        if side is Side.BOOTH:
+            self._route(self.d.booth_disconnected(peer_id, now))
+        else:
+            self._route(self.d.staff_disconnected(peer_id, now))
+
+    async def _drop_lost_nodes(self) -> None:
+        """Connections of nodes whose presence key expired are lost."""
+        nodes = sorted({node_id for node_id, _ in self.where.values()})
+        if not nodes:
+            return
+        alive = await _redis(self._redis.mget([self._keys.node(n) for n in nodes]))
+        gone = {n for n, value in zip(nodes, alive, strict=True) if value is None}
+        if not gone:
+            return
+        lost = [key for key, (node_id, _) in self.where.items() if node_id in gone]
+        self.log.warning(
+            "nodes %s are gone; %d of their connections lost", ", ".join(sorted(gone)), len(lost)
+        )
+        for side, peer_id in lost:
+            self._disconnected(side, peer_id)
+
+    def _message(self, side: Side, peer_id: str, text: str) -> None:
+        d = self.d
+        now = time.time()
+        limit = self.config.max_message_bytes
+        if side is Side.BOOTH:
+            booth = decode_frame(booth_to_server, text, max_bytes=limit).message
+            if isinstance(booth, RequestHelp):
+                self._request_help(peer_id, booth, now)
+            elif isinstance(booth, CancelRequest):
+                self._route(d.cancel_request(peer_id, booth.request_id, now))
+            elif isinstance(booth, Relay):
+                self._route(d.relay(side, peer_id, booth), relay_text=text)
+            elif isinstance(booth, HangUp):
+                self._route(d.hang_up(side, peer_id, booth.session_id, now))
+            elif isinstance(booth, MediaConnected):
+                self._route(d.media_connected(side, peer_id, booth.session_id, now))
+            elif isinstance(booth, MediaFailed):
+                self._route(d.media_failed(side, peer_id, booth.session_id, now))
+            elif isinstance(booth, DeviceStatusReport):
+                changes = d.report_devices(peer_id, booth.devices)
+                for device in changes.failed:
+                    self.log.warning(
+                        "booth %s: %s %s %s", peer_id, device.kind, device.name, device.state
+                    )
+            return
+        staff = decode_frame(staff_to_server, text, max_bytes=limit).message
+        if isinstance(staff, SetState):
+            self._route(d.set_state(peer_id, StaffState(staff.state), now))
+        elif isinstance(staff, AcceptOffer):
+            self._route(d.accept(peer_id, staff.offer_id, now))
+        elif isinstance(staff, DeclineOffer):
+            self._route(d.decline(peer_id, staff.offer_id, now))
+        elif isinstance(staff, WrapUpDone):
+            self._route(d.wrap_up_done(peer_id, staff.session_id, staff.note, now))
+        elif isinstance(staff, Relay):
+            self._route(d.relay(side, peer_id, staff), relay_text=text)
+        elif isinstance(staff, HangUp):
+            self._route(d.hang_up(side, peer_id, staff.session_id, now))
+        elif isinstance(staff, MediaConnected):
+            self._route(d.media_connected(side, peer_id, staff.session_id, now))
+        elif isinstance(staff, MediaFailed):
+            self._route(d.media_failed(side, peer_id, staff.session_id, now))
+
+    def _request_help(self, booth_id: str, message: RequestHelp, now: float) -> None:
+        d = self.d
+        args = (message.request_id, message.department, message.language)
+        if d.check_request(booth_id, *args):  # the same request again: idempotent
+            self._route(d.request_help(booth_id, *args, now))
+            return
+        actions = d.request_help(booth_id, *args, now)
+        stored = self.server.store.insert_request(d.new_request_record(booth_id, *args, now))
+        stored.add_done_callback(
+            lambda done: self._request_stored(booth_id, message.request_id, done)
+        )
+        self.log.info(
+            "booth %s requested help (request %s, %s)",
+            booth_id,
+            message.request_id,
+            message.department,
+        )
+        self._route(actions)
+
+    def _request_stored(self, booth_id: str, request_id: str, done: asyncio.Future[None]) -> None:
+        if done.cancelled() or done.exception() is None:
+            return
+        self.log.error("booth %s: request %s could not be stored", booth_id, request_id)
+        try:
+            actions = self.d.cancel_request(booth_id, request_id, time.time())
+        except ProtocolError:
+            return
+        self._route(actions)
+        where = self.where.get((Side.BOOTH, booth_id))
+        if where is not None:
+            error = ProtocolError(
+                ErrorCode.OUT_OF_ORDER, "request id already used", ref="request_help"
+            )
+            self._to(where, Delivery(conn=where[1], frame=encode(_error_message(error))))
+
+    # ------------------------------------------------------------------ actions
+
+    def _route(self, actions: list[Action], *, relay_text: str | None = None) -> None:
+        """Persist records here; frames to the node holding each target connection."""
+        encoded: dict[int, str] = {}
+        for action in actions:
+            if isinstance(action, Persist):
+                self.server.store.record(action.record)
+                self.server._observe(action.record)
+                continue
+            message = action.message
+            if isinstance(message, Offer):
+                self.server._offer_observed(message)
+            key = (
+                (Side.BOOTH, action.booth_id)
+                if isinstance(action, ToBooth)
+                else (Side.STAFF, action.staff_id)
+            )
+            where = self.where.get(key)
+            if where is None:
+                continue
+            frame = relay_text if isinstance(message, Relay) else None
+            if frame is None:
+                frame = encoded.get(id(message)) or encode(message)
+                encoded[id(message)] = frame
+            self._to(
+                where,
+                Delivery(conn=where[1], frame=frame, coalesce=_COALESCED.get(type(message))),
+            )
+
+    def _to(self, where: tuple[str, str], delivery: Delivery) -> None:
+        self._out[where[0]].append(delivery)
+
+    async def _flush(self) -> None:
+        """Publish the frames of this round to their nodes and keep the cursor."""
+        out, self._out = self._out, defaultdict(list)
+        if not out and self.cursor == self._saved_cursor:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for node_id, items in out.items():
+                batch = Deliveries(epoch=self.epoch, leader=self.node.node_id, items=items)
+                pipe.publish(self._keys.to(node_id), batch.model_dump_json())
+            pipe.set(self._keys.cursor, self.cursor)
+            await pipe.execute()
+        self._saved_cursor = self.cursor
