@@ -191,6 +191,10 @@ class ClusterNode:
         pubsub = self._redis.pubsub()
         await pubsub.subscribe(self.keys.to(self.node_id), self.keys.leaders)
         await self._renew_presence()
+        current = await _redis(self._redis.get(self.keys.leader))
+        if current:
+            with contextlib.suppress(ValidationError):
+                self.epoch = LeaderChanged.model_validate_json(current).epoch
         self._tasks = [
             asyncio.create_task(self._listen(pubsub), name="cluster-listen"),
             asyncio.create_task(self._send_loop(), name="cluster-send"),
@@ -323,8 +327,9 @@ class ClusterNode:
             change.epoch,
             len(self._conns),
         )
-        for conn_id, (side, peer_id, _conn, joined) in list(self._conns.items()):
-            self._emit(EventKind.ANNOUNCED, side, peer_id, conn_id, joined)
+        for conn_id, (side, peer_id, conn, joined) in list(self._conns.items()):
+            if not conn.closing:
+                self._emit(EventKind.ANNOUNCED, side, peer_id, conn_id, joined)
 
     def _deliver(self, batch: Deliveries) -> None:
         if batch.epoch < self.epoch:
@@ -437,6 +442,7 @@ class Leader:
         self._saved_cursor = ""
         # (side, peer id) -> (node id, connection id) of the current connection
         self.where: dict[tuple[Side, str], tuple[str, str]] = {}
+        self._superseded: set[tuple[str, str]] = set()  # closed for a newer connection
         self._out: dict[str, list[Delivery]] = defaultdict(list)
 
     @property
@@ -502,9 +508,12 @@ class Leader:
             self.log.warning("malformed cluster event ignored")
             return
         try:
-            if kind in (EventKind.CONNECTED, EventKind.ANNOUNCED):
+            if kind is EventKind.CONNECTED or (
+                kind is EventKind.ANNOUNCED and origin not in self._superseded
+            ):
                 self._connected(side, peer_id, origin, body)
             elif kind is EventKind.DISCONNECTED:
+                self._superseded.discard(origin)
                 if self.where.get((side, peer_id)) == origin:
                     self._disconnected(side, peer_id)
             elif self.where.get((side, peer_id), origin) == origin:
@@ -529,6 +538,7 @@ class Leader:
                 else "signed in again in another window"
             )
             error = ProtocolError(ErrorCode.DUPLICATE_CONNECTION, why, fatal=True)
+            self._superseded.add(current)
             self._to(
                 current,
                 Delivery(

@@ -30,6 +30,7 @@ from shared.protocol import (
     BoothWelcome,
     CallStarted,
     EndReason,
+    ErrorCode,
     HangUp,
     IcePayload,
     MediaConnected,
@@ -50,6 +51,7 @@ from shared.protocol import (
 from shared.store import CallSession, HelpRequest, SessionEvent, session_factory
 from shared.store.seed import upsert_booth, upsert_staff
 from signaling.cluster import LEADER_LOCK_KEY
+from signaling.server import CLOSE_DUPLICATE
 from tests.postgres_support import free_port, postgres_server, postgres_url
 from tests.redis_support import redis_server, redis_url
 from tests.signaling_support import (
@@ -248,11 +250,19 @@ async def test_a_call_between_a_booth_and_staff_on_different_nodes(cluster: Clus
     assert await _leader_lock_holders(cluster.database_url) == [
         f"ekichika-signaling leader {leader.node_id}"
     ]
-    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    a, b, c = (cluster.nodes[n] for n in NODE_IDS)
     async with (
+        connect_staff(c.ws_url, token("sato")) as older,
         connect_staff(b.ws_url, token("sato")) as staff,
         connect_booth(a.ws_url, "seiseki-1", BOOTH_CREDENTIALS["seiseki-1"]) as booth,
     ):
+        # Signed in again on another node: the older connection is closed by its node.
+        duplicate = await older.expect_error()
+        assert (duplicate.code, duplicate.fatal) == (ErrorCode.DUPLICATE_CONNECTION, True)
+        # (the client had not read for a while: the close frame is what it gets; by
+        # then the server may have closed the socket, too late for the client's reply)
+        closing = await older.ws.receive(timeout=5)
+        assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, CLOSE_DUPLICATE)
         assert isinstance(staff.history[0], StaffWelcome)
         assert isinstance(booth.history[0], BoothWelcome)
         assert booth.history[0].booth.booth_id == "seiseki-1"
