@@ -15,6 +15,9 @@ same load generator (this process):
    relay latency is measured with one clock. After ``--warmup`` seconds, ``--duration``
    seconds are measured: throughput, latency, the server's CPU.
 
+The same load also goes to a bare aiohttp relay (the floor: what aiohttp alone costs) unless
+``--no-floor``; ``--rounds N`` alternates the servers N times and reports medians.
+
 Prints one JSON object on stdout (keys in bench/README.md); logs go to stderr::
 
     .venv/bin/python -m bench.relay_load                         # 100 pairs, 1,000 idle, 10 s
