@@ -4,6 +4,10 @@ Every WebSocket text frame is decoded here into one of the channel unions of
 :mod:`shared.protocol`, and every outgoing model is encoded here. Handlers receive models,
 never dicts; a malformed frame becomes a :class:`~shared.errors.ProtocolError` with a
 code the peer can act on.
+
+:func:`decode_frame` also hands back the frame's own text when it validated strictly, so
+that a message forwarded unchanged (the signaling server's ``relay``) is not serialised a
+second time.
 """
 
 from __future__ import annotations
