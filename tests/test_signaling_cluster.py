@@ -560,6 +560,13 @@ async def test_another_node_leads_within_seconds_after_the_leader_is_killed(
         matched_after = time.monotonic() - killed_at
         print(f"a new request matched {matched_after:.2f} s after the kill")
 
-    async with open_engine(cluster.database_url) as engine, session_factory(engine)() as db:
-        request = await db.get(HelpRequest, "r-after")
-        assert request is not None and request.status == "matched"
+    async with open_engine(cluster.database_url) as engine:
+        sessions = session_factory(engine)
+
+        async def matched() -> bool:
+            async with sessions() as db:
+                request = await db.get(HelpRequest, "r-after")
+                row = await db.get(CallSession, on_booth.session_id)
+                return bool(request and request.status == "matched" and row)
+
+        await eventually(matched)
