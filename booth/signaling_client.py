@@ -5,6 +5,9 @@ typed messages in and out through :mod:`shared.wire`, WebSocket heartbeats, and 
 reconnect loop with exponential backoff and jitter (``reconnect_min_s`` …
 ``reconnect_max_s``). A refused hello (wrong credential, unsupported protocol, the booth
 already connected elsewhere) is reported once and retried slowly, never in a tight loop.
+With several signaling nodes (``server_urls``) each retry goes to the next one, so a booth
+whose node died is connected to another within about ``reconnect_min_s``; the server
+resumes its session there (the welcome carries the session id).
 
 The client remembers the resident's pending :class:`~shared.protocol.RequestHelp` and sends
 it again after a reconnect, unless the server's welcome says it still holds it.
@@ -95,6 +98,13 @@ class BoothSignalingClient:
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
+        self._urls = config.signaling_urls
+        self._url_index = 0
+
+    @property
+    def server_url(self) -> str:
+        """The signaling server this client is connected (or connecting) to."""
+        return self._urls[self._url_index]
 
     @property
     def connected(self) -> bool:
@@ -188,9 +198,10 @@ class BoothSignalingClient:
             self._ws = None
             if was_connected:
                 attempt = 0
-            if reason != self.last_error:
-                logger.warning("signaling connection to %s lost: %s", cfg.server_url, reason)
+            if reason != self.last_error or len(self._urls) > 1:
+                logger.warning("signaling connection to %s lost: %s", self.server_url, reason)
             self.last_error = reason
+            self._url_index = (self._url_index + 1) % len(self._urls)
             await self._set_state(SignalingState.WAITING_TO_RETRY)
             with contextlib.suppress(Exception):
                 await self._handler.on_disconnected(reason)
@@ -205,7 +216,7 @@ class BoothSignalingClient:
         assert self._http is not None
         cfg = self._config
         async with self._http.ws_connect(
-            cfg.server_url, heartbeat=cfg.heartbeat_s, max_msg_size=wire.MAX_MESSAGE_BYTES
+            self.server_url, heartbeat=cfg.heartbeat_s, max_msg_size=wire.MAX_MESSAGE_BYTES
         ) as ws:
             await ws.send_str(
                 wire.encode(BoothHello(booth_id=cfg.booth_id, credential=cfg.credential))

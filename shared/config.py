@@ -98,6 +98,9 @@ class ConsoleConfig(BaseSettings):
     token_secret: str = Field(min_length=16)
     # WebSocket URL of signaling as the staff browser reaches it.
     signaling_url: str = "ws://127.0.0.1:8765/ws/staff"
+    # Several signaling nodes: the staff page tries these in turn (the next one when a
+    # connection fails or is lost). Empty: signaling_url only.
+    signaling_urls: list[str] = []
     # Signaling tokens are short-lived; the page fetches a fresh one for each (re)connect,
     # so logging out also stops new signaling connections.
     token_ttl_s: float = 300
@@ -177,6 +180,9 @@ class BoothConfig(BaseSettings):
     booth_id: str
     credential: str = Field(min_length=8)
     server_url: str = "ws://127.0.0.1:8765/ws/booth"
+    # Several signaling nodes: tried in turn, the next one when a connection fails or is
+    # lost (a session in progress resumes on any node). Empty: server_url only.
+    server_urls: list[str] = []
     # The HQ console as the booth reaches it (document stills go through its still relay;
     # "": stills go on the call's data channel only).
     console_url: str = ""
@@ -202,6 +208,11 @@ class BoothConfig(BaseSettings):
     # never reach the other side).
     ice_turn_transport: Literal["tcp", "tls"] | None = None
     ice_relay_only: bool = False
+
+    @property
+    def signaling_urls(self) -> list[str]:
+        """The signaling servers to try, in order."""
+        return list(self.server_urls) or [self.server_url]
 
 
 S = TypeVar("S", bound=BaseSettings)

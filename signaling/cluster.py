@@ -66,10 +66,21 @@ from shared.protocol import (
     StaffInfo,
     StaffRole,
     StaffState,
+    StaffStateChanged,
+    StaffWelcome,
     WrapUpDone,
 )
 from shared.wire import booth_to_server, decode_frame, encode, staff_to_server
-from signaling.matching import Action, Dispatcher, Persist, Side, ToBooth, utc
+from signaling.matching import (
+    Action,
+    Dispatcher,
+    Persist,
+    RequestStatusChanged,
+    SessionClosed,
+    SessionOpened,
+    Side,
+    ToBooth,
+)
 from signaling.server import (
     _COALESCED,
     CLOSE_DUPLICATE,
@@ -85,6 +96,8 @@ log = logging.getLogger(__name__)
 LEADER_LOCK_KEY: Final = 0x456B_6963_6869_6B61  # "Ekichika": the advisory lock of the leader
 READ_BATCH: Final = 500  # events per XREAD
 PRESENCE_EVERY_S: Final = 1.0
+# Records that change what a new leader resumes: committed before the frames of their round.
+_DURABLE: Final = (SessionOpened, SessionClosed, RequestStatusChanged)
 
 
 class EventKind(StrEnum):
@@ -92,6 +105,7 @@ class EventKind(StrEnum):
     ANNOUNCED = "announced"  # a connection held when a new leader took over
     DISCONNECTED = "disconnected"
     MESSAGE = "message"
+    ALIVE = "alive"  # every second: the leader knows when it last heard from each node
 
 
 class BoothJoined(BaseModel):
@@ -103,6 +117,7 @@ class StaffJoined(BaseModel):
     role: StaffRole
     site_id: str | None
     skills: list[tuple[str, str]]
+    state: StaffState | None = None  # announced: the state the connection last had
 
 
 class Delivery(BaseModel):
@@ -111,6 +126,7 @@ class Delivery(BaseModel):
     conn: str
     frame: str | None = None
     coalesce: str | None = None
+    state: StaffState | None = None  # the staff member's state the frame tells
     close_code: int | None = None
     close_reason: str = ""
 
@@ -178,6 +194,7 @@ class ClusterNode:
         self._conn_seq = itertools.count(1)
         # connection id -> (side, peer id, connection, what it announces)
         self._conns: dict[str, tuple[Side, str, Connection, str]] = {}
+        self._staff_states: dict[str, StaffState] = {}  # connection id -> last state sent
         self._outbox: deque[dict[str, str]] = deque()
         self._outbox_ready = asyncio.Event()
         self.epoch = 0  # the newest leadership term seen
@@ -248,6 +265,7 @@ class ClusterNode:
 
     def disconnected(self, side: Side, peer_id: str, conn_id: str) -> None:
         self._conns.pop(conn_id, None)
+        self._staff_states.pop(conn_id, None)
         self._emit(EventKind.DISCONNECTED, side, peer_id, conn_id, "")
 
     async def forward(
@@ -328,8 +346,13 @@ class ClusterNode:
             len(self._conns),
         )
         for conn_id, (side, peer_id, conn, joined) in list(self._conns.items()):
-            if not conn.closing:
-                self._emit(EventKind.ANNOUNCED, side, peer_id, conn_id, joined)
+            if conn.closing:
+                continue
+            state = self._staff_states.get(conn_id)
+            if side is Side.STAFF and state is not None:
+                staff = StaffJoined.model_validate_json(joined)
+                joined = staff.model_copy(update={"state": state}).model_dump_json()
+            self._emit(EventKind.ANNOUNCED, side, peer_id, conn_id, joined)
 
     def _deliver(self, batch: Deliveries) -> None:
         if batch.epoch < self.epoch:
@@ -344,6 +367,8 @@ class ClusterNode:
             if entry is None:
                 continue
             conn = entry[2]
+            if item.state is not None:
+                self._staff_states[item.conn] = item.state
             if item.frame is not None:
                 conn.send(item.frame, coalesce=item.coalesce)
             if item.close_code is not None:
@@ -358,6 +383,7 @@ class ClusterNode:
     async def _presence_loop(self) -> None:
         while True:
             await asyncio.sleep(PRESENCE_EVERY_S)
+            self._emit(EventKind.ALIVE, Side.BOOTH, "", "", "")
             try:
                 await self._renew_presence()
             except Exception as err:
@@ -444,6 +470,8 @@ class Leader:
         self.where: dict[tuple[Side, str], tuple[str, str]] = {}
         self._superseded: set[tuple[str, str]] = set()  # closed for a newer connection
         self._out: dict[str, list[Delivery]] = defaultdict(list)
+        self._heard: dict[str, float] = {}  # node id -> when its last event was read
+        self._durable = False  # records of this round must be stored before its frames
 
     @property
     def d(self) -> Dispatcher:
@@ -451,17 +479,27 @@ class Leader:
         return self.dispatcher
 
     async def take_over(self) -> None:
-        """Load the state from PostgreSQL and announce the epoch (phase 1: the sessions the
-        previous leader left open end with ``server_restart``)."""
+        """Load the state from PostgreSQL and announce the epoch. The waiting requests
+        keep their places; the sessions the previous leader left open are resumed (their
+        parties count as lost until a node announces them or they connect again)."""
         change = LeaderChanged(epoch=self.epoch, leader=self.node.node_id)
         self.node._leader_changed(change)  # this node's own connections are announced too
         store = self.server.store
         now = time.time()
         await store.flush()
-        ended = await store.close_interrupted_sessions(utc(now))
-        if ended:
-            self.log.info("%d sessions of the previous leader closed (server_restart)", ended)
         self.dispatcher = await self.node._load_dispatcher(now)
+        resumed = 0
+        for row in await store.open_sessions():
+            connected_at = row.connected_at.timestamp() if row.connected_at else None
+            actions = self.d.restore_session(
+                row.session_id, row.request_id, row.booth_id, row.staff_id, row.department,
+                row.language, row.accepted_at.timestamp(), connected_at, now,
+            )  # fmt: skip
+            if actions:
+                resumed += 1
+                self._route(actions)
+        if resumed:
+            self.log.info("%d sessions of the previous leader resumed", resumed)
         cursor = await _redis(self._redis.get(self._keys.cursor))
         self.cursor = cursor or "0-0"
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -507,6 +545,9 @@ class Leader:
         except (KeyError, ValueError):
             self.log.warning("malformed cluster event ignored")
             return
+        self._heard[origin[0]] = time.time()
+        if kind is EventKind.ALIVE:
+            return
         try:
             if kind is EventKind.CONNECTED or (
                 kind is EventKind.ANNOUNCED and origin not in self._superseded
@@ -531,6 +572,14 @@ class Leader:
         current = self.where.get(key)
         if current == origin:
             return  # already known (an announcement after a replayed connect)
+        now = time.time()
+        # A connection replacing one held by another node: that node died or the client
+        # lost it; the gap started when the old node was last heard from.
+        lost_at = (
+            min(now, self._heard.get(current[0], now))
+            if current is not None and current[0] != origin[0]
+            else None
+        )
         if current is not None:
             why = (
                 "this booth connected again elsewhere"
@@ -549,18 +598,23 @@ class Leader:
                 ),
             )
         self.where[key] = origin
-        now = time.time()
         if side is Side.BOOTH:
             self.d.upsert_booth(BoothJoined.model_validate_json(body).booth)
-            self._route(self.d.booth_connected(peer_id, now))
+            self._route(self.d.booth_connected(peer_id, now, lost_at=lost_at))
         else:
             joined = StaffJoined.model_validate_json(body)
             self.d.upsert_staff(joined.staff, joined.role, joined.site_id, joined.skills)
-            self._route(self.d.staff_connected(peer_id, now))
+            last_state = joined.state
+            member = self.d.staff[peer_id]
+            if lost_at is not None and member.connected:
+                last_state = member.state  # moved to another node: as they were
+            self._route(
+                self.d.staff_connected(peer_id, now, lost_at=lost_at, last_state=last_state)
+            )
 
-    def _disconnected(self, side: Side, peer_id: str) -> None:
+    def _disconnected(self, side: Side, peer_id: str, at: float | None = None) -> None:
         del self.where[(side, peer_id)]
-        now = time.time()
+        now = time.time() if at is None else at
         if side is Side.BOOTH:
             self._route(self.d.booth_disconnected(peer_id, now))
         else:
@@ -579,8 +633,10 @@ class Leader:
         self.log.warning(
             "nodes %s are gone; %d of their connections lost", ", ".join(sorted(gone)), len(lost)
         )
+        now = time.time()
         for side, peer_id in lost:
-            self._disconnected(side, peer_id)
+            node_id = self.where[(side, peer_id)][0]
+            self._disconnected(side, peer_id, min(now, self._heard.get(node_id, now)))
 
     def _message(self, side: Side, peer_id: str, text: str) -> None:
         d = self.d
@@ -633,6 +689,7 @@ class Leader:
             return
         actions = d.request_help(booth_id, *args, now)
         stored = self.server.store.insert_request(d.new_request_record(booth_id, *args, now))
+        self._durable = True
         stored.add_done_callback(
             lambda done: self._request_stored(booth_id, message.request_id, done)
         )
@@ -669,10 +726,15 @@ class Leader:
             if isinstance(action, Persist):
                 self.server.store.record(action.record)
                 self.server._observe(action.record)
+                if isinstance(action.record, _DURABLE):
+                    self._durable = True
                 continue
             message = action.message
             if isinstance(message, Offer):
                 self.server._offer_observed(message)
+            state = None
+            if isinstance(message, StaffStateChanged | StaffWelcome):
+                state = message.state
             key = (
                 (Side.BOOTH, action.booth_id)
                 if isinstance(action, ToBooth)
@@ -687,7 +749,9 @@ class Leader:
                 encoded[id(message)] = frame
             self._to(
                 where,
-                Delivery(conn=where[1], frame=frame, coalesce=_COALESCED.get(type(message))),
+                Delivery(
+                    conn=where[1], frame=frame, coalesce=_COALESCED.get(type(message)), state=state
+                ),
             )
 
     def _to(self, where: tuple[str, str], delivery: Delivery) -> None:
@@ -695,6 +759,11 @@ class Leader:
 
     async def _flush(self) -> None:
         """Publish the frames of this round to their nodes and keep the cursor."""
+        if self._durable:
+            # A match, a new request, an end: stored before anyone hears of it, so that
+            # a leader taking over after this one resumes what the clients were told.
+            self._durable = False
+            await self.server.store.flush()
         out, self._out = self._out, defaultdict(list)
         if not out and self.cursor == self._saved_cursor:
             return

@@ -86,6 +86,10 @@ class MatchingRules:
     wait_estimate_min_samples: int = 3
     heartbeat_s: float = 10.0
     queue_snapshot_max_entries: int = 100
+    # Record signaling_lost / signaling_resumed in the timeline when a party of an open
+    # session loses its connection and gets it back (several nodes: a node or the leader
+    # died while media went on).
+    record_gaps: bool = False
 
     @classmethod
     def from_config(cls, config: SignalingConfig) -> MatchingRules:
@@ -99,6 +103,7 @@ class MatchingRules:
             wait_estimate_min_samples=config.wait_estimate_min_samples,
             heartbeat_s=config.heartbeat_s,
             queue_snapshot_max_entries=config.queue_snapshot_max_entries,
+            record_gaps=bool(config.redis_url),
         )
 
 
@@ -119,6 +124,10 @@ class EventKind(StrEnum):
     ENDED = "ended"
     CANCELLED = "cancelled"
     ABANDONED = "abandoned"
+    # A party of an open session lost its signaling connection (detail: booth or staff)
+    # and got it back: the gap in the timeline. Media between the peers may go on.
+    SIGNALING_LOST = "signaling_lost"
+    SIGNALING_RESUMED = "signaling_resumed"
 
 
 class RequestStatus(StrEnum):
@@ -438,6 +447,44 @@ class Dispatcher:
         booth.offline_since = now
         self._push_deadline(now + self.rules.booth_reconnect_grace_s)
 
+    def restore_session(
+        self, session_id: str, request_id: str, booth_id: str, staff_id: str,
+        department: str, language: str, accepted_at: float, connected_at: float | None,
+        now: float,
+    ) -> list[Action]:  # fmt: skip
+        """Resume a session another leader left open (several nodes: a take-over). Both
+        parties count as lost since ``now`` (the gap is recorded) and have their grace
+        periods to be connected again; media between them does not depend on this."""
+        booth = self.booths.get(booth_id)
+        member = self.staff.get(staff_id)
+        out: list[Action] = []
+        if (
+            booth is None
+            or member is None
+            or session_id in self.sessions
+            or booth.session_id is not None
+            or member.session_id is not None
+        ):
+            return out
+        self.sessions[session_id] = SessionState(
+            session_id, request_id, booth_id, staff_id, department, language, accepted_at,
+            connected_at,
+        )  # fmt: skip
+        booth.session_id = session_id
+        booth.online = False
+        booth.offline_since = now
+        self._set_booth_state(booth, BoothState.OFFLINE, now)
+        member.session_id = session_id
+        member.connected = False
+        member.state = StaffState.IN_CALL
+        member.lost_since = now
+        self._available.discard(staff_id)
+        self._gap(session_id, EventKind.SIGNALING_LOST, Side.BOOTH, now, out)
+        self._gap(session_id, EventKind.SIGNALING_LOST, Side.STAFF, now, out)
+        self._push_deadline(now + self.rules.booth_reconnect_grace_s)
+        self._push_deadline(now + self.rules.staff_reconnect_grace_s)
+        return out
+
     # ---------------------------------------------------------------- queries
 
     def next_deadline(self) -> float | None:
@@ -460,9 +507,18 @@ class Dispatcher:
 
     # ---------------------------------------------------------------- booth events
 
-    def booth_connected(self, booth_id: str, now: float) -> list[Action]:
+    def booth_connected(
+        self, booth_id: str, now: float, *, lost_at: float | None = None
+    ) -> list[Action]:
+        """The booth is connected (again). ``lost_at``: its previous connection, still
+        counted as online, was lost then (it is replaced by this one)."""
         booth = self.booths[booth_id]
         out: list[Action] = []
+        if booth.session_id is not None:
+            if booth.online and lost_at is not None:
+                self._gap(booth.session_id, EventKind.SIGNALING_LOST, Side.BOOTH, lost_at, out)
+            if (not booth.online and booth.offline_since is not None) or lost_at is not None:
+                self._gap(booth.session_id, EventKind.SIGNALING_RESUMED, Side.BOOTH, now, out)
         booth.online = True
         booth.offline_since = None
         if booth.session_id is not None:
@@ -506,6 +562,7 @@ class Dispatcher:
                 self._back_to_pool(member, WithdrawReason.BOOTH_LOST, now, out)
             self._push_deadline(now + self.rules.booth_reconnect_grace_s)
         if booth.session_id is not None:
+            self._gap(booth.session_id, EventKind.SIGNALING_LOST, Side.BOOTH, now, out)
             self._push_deadline(now + self.rules.booth_reconnect_grace_s)
         self._match(now, out)
         return out
@@ -594,9 +651,25 @@ class Dispatcher:
 
     # ---------------------------------------------------------------- staff events
 
-    def staff_connected(self, staff_id: str, now: float) -> list[Action]:
+    def staff_connected(
+        self,
+        staff_id: str,
+        now: float,
+        *,
+        lost_at: float | None = None,
+        last_state: StaffState | None = None,
+    ) -> list[Action]:
+        """The staff member is connected (again). In a call they are back in it; else
+        they are away, unless ``last_state`` (the state their connection last had, when
+        another node or leader kept it) says they were taking calls. ``lost_at``: their
+        previous connection, still counted as connected, was lost then."""
         member = self.staff[staff_id]
         out: list[Action] = []
+        if member.state is StaffState.IN_CALL and member.session_id is not None:
+            if member.connected and lost_at is not None:
+                self._gap(member.session_id, EventKind.SIGNALING_LOST, Side.STAFF, lost_at, out)
+            if member.lost_since is not None or lost_at is not None:
+                self._gap(member.session_id, EventKind.SIGNALING_RESUMED, Side.STAFF, now, out)
         member.connected = True
         member.last_snapshot = None
         self._dirty_keys |= member.skills
@@ -608,7 +681,10 @@ class Dispatcher:
                 self._withdraw(
                     req, WithdrawReason.TIMEOUT, now, out, tell_staff=False, detail="reconnected"
                 )
-            self._set_staff_state(member, StaffState.AWAY, now, out, announce=False)
+            if last_state in (StaffState.AVAILABLE, StaffState.RINGING) and member.takes_calls:
+                self._set_staff_state(member, StaffState.AVAILABLE, now, out, announce=False)
+            else:
+                self._set_staff_state(member, StaffState.AWAY, now, out, announce=False)
         out.append(
             ToStaff(
                 staff_id,
@@ -642,6 +718,8 @@ class Dispatcher:
         self._available.discard(staff_id)
         if member.state is StaffState.IN_CALL:
             member.lost_since = now
+            if member.session_id is not None:
+                self._gap(member.session_id, EventKind.SIGNALING_LOST, Side.STAFF, now, out)
             self._push_deadline(now + self.rules.staff_reconnect_grace_s)
         elif member.state is not StaffState.WRAP_UP:
             if member.offer is not None:
@@ -1245,6 +1323,25 @@ class Dispatcher:
             booth.offline_since = None if booth.request_id is None else booth.offline_since
         member.lost_since = None
         self._set_staff_state(member, StaffState.WRAP_UP, now, out)
+
+    def _gap(
+        self, session_id: str, kind: EventKind, side: Side, at: float, out: list[Action]
+    ) -> None:
+        session = self.sessions.get(session_id)
+        if not self.rules.record_gaps or session is None or not session.active:
+            return
+        out.append(
+            Persist(
+                TimelineEvent(
+                    session.request_id,
+                    kind,
+                    utc(at),
+                    session_id=session_id,
+                    staff_id=session.staff_id,
+                    detail=side.value,
+                )
+            )
+        )
 
     def _all_keys(self) -> set[SkillKey]:
         keys: set[SkillKey] = set(self._by_key)

@@ -87,6 +87,20 @@ class PendingRequest:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class OpenSession:
+    """A session with no end stored (several nodes: a new leader resumes it)."""
+
+    session_id: str
+    request_id: str
+    booth_id: str
+    staff_id: str
+    department: str
+    language: str
+    accepted_at: datetime
+    connected_at: datetime | None
+
+
 @dataclass(slots=True)
 class _Item:
     record: Record | None  # None: a flush barrier
@@ -183,6 +197,28 @@ class SignalingStore:
                 if len(samples) < per_department and ended is not None:
                     samples.append(max(0.0, (ended - accepted).total_seconds()))
         return {d: list(reversed(v)) for d, v in out.items()}
+
+    async def open_sessions(self) -> list[OpenSession]:
+        """Sessions with no end stored, oldest first."""
+        async with self._sessions() as s:
+            rows = await s.scalars(
+                select(CallSession)
+                .where(CallSession.ended_at.is_(None))
+                .order_by(CallSession.accepted_at)
+            )
+            return [
+                OpenSession(
+                    r.id,
+                    r.request_id,
+                    r.booth_id,
+                    r.staff_id,
+                    r.department,
+                    r.language,
+                    r.accepted_at,
+                    r.connected_at,
+                )
+                for r in rows
+            ]
 
     async def close_interrupted_sessions(self, at: datetime) -> int:
         """Sessions left open by a previous run end with ``server_restart``."""

@@ -511,9 +511,9 @@ async def test_another_node_leads_within_seconds_after_the_leader_is_killed(
         await booth.expect(SessionEnded)
         await staff.send(WrapUpDone(session_id=started.session_id, note=""))
         await staff.expect(StaffStateChanged)
-        # Phase 1 takes over from what is stored: records still in the leader's write
-        # queue when it dies are lost (a request matched but not yet stored as matched
-        # would be queued again). Kill it once they are written.
+        # The new leader takes over from what is stored (a match is stored before the
+        # clients hear of it); the note is written with the next batch: kill the leader
+        # once it is there.
         async with open_engine(cluster.database_url) as engine:
             sessions = session_factory(engine)
 
@@ -545,11 +545,10 @@ async def test_another_node_leads_within_seconds_after_the_leader_is_killed(
         assert health is not None and health["cluster"]["epoch"] > first_epoch
 
         # The surviving nodes announce their connections to the new leader: the staff
-        # member is welcomed again (away: phase 1 does not carry the state over) and the
-        # booth's next request is matched through the new leader.
+        # member is welcomed again in the state their node last told them (available)
+        # and the booth's next request is matched through the new leader.
         welcome = await staff.expect(StaffWelcome, within=5)
-        assert welcome.state is StaffState.AWAY
-        await _available(staff)
+        assert welcome.state is StaffState.AVAILABLE
         await booth.send(RequestHelp(request_id="r-after", department="shimin", language="ja"))
         offer = await staff.expect(Offer, within=5)
         assert offer.request_id == "r-after"

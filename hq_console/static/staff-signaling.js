@@ -2,7 +2,9 @@
 //
 // Every (re)connect fetches a fresh short-lived token from the console
 // (POST /api/signaling-token) and sends it in the hello message; a signed-out browser
-// therefore cannot reconnect. Reconnects back off exponentially with jitter.
+// therefore cannot reconnect. Reconnects back off exponentially with jitter. Given
+// several URLs (signaling nodes), each retry goes to the next one: a call in progress
+// resumes on whichever node the page reaches (the welcome carries its session id).
 // Messages are plain objects whose fields follow protocol.schema.json (snake_case).
 
 export const PROTOCOL_VERSION = 1;
@@ -40,12 +42,14 @@ const STOP_CODES = new Set(["duplicate_connection", "forbidden", "unsupported_pr
 
 export class SignalingClient {
   /**
-   * @param {string} url WebSocket URL of the signaling server's staff endpoint
+   * @param {string | string[]} url WebSocket URL of the signaling server's staff endpoint,
+   *   or the URLs of several signaling nodes (tried in turn)
    * @param {{onMessage: (msg: object) => void, onStatus: (status: string, detail?: object) => void}} handlers
    *   status: "connecting" | "connected" (welcome received) | "disconnected" | "stopped"
    */
   constructor(url, { onMessage, onStatus }) {
-    this.url = url;
+    this.urls = (Array.isArray(url) ? url : [url]).filter((u) => u);
+    this.urlIndex = 0;
     this.onMessage = onMessage;
     this.onStatus = onStatus;
     this.ws = null;
@@ -75,6 +79,16 @@ export class SignalingClient {
     this.ws = null;
     if (ws) ws.close(1000);
     this._setStatus("stopped", error);
+  }
+
+  /** The URL of the current (or next) connection. */
+  get url() {
+    return this.urls[this.urlIndex % this.urls.length];
+  }
+
+  /** After a failed or lost connection: the next signaling node, if there are several. */
+  _nextUrl() {
+    this.urlIndex = (this.urlIndex + 1) % this.urls.length;
   }
 
   get connected() {
@@ -111,6 +125,7 @@ export class SignalingClient {
     try {
       ws = new WebSocket(this.url);
     } catch (err) {
+      this._nextUrl();
       this._setStatus("disconnected");
       this._scheduleReconnect();
       return;
@@ -141,6 +156,7 @@ export class SignalingClient {
       if (this.ws !== ws) return;
       this.ws = null;
       if (this.stopped) return;
+      this._nextUrl();
       this._setStatus("disconnected");
       this._scheduleReconnect();
     });
