@@ -6,7 +6,10 @@ records when each step happened and proves what arrived from the booth (the boot
 stamps and its tone). It also takes the booth's data channel (``ekichika``) and can ask
 for the My Number card's 4 basic facts on it (:meth:`AutoStaff.request_card_read`).
 Every signaling frame it sends and receives is kept in ``signaling_frames`` so that tests
-can show what the server saw. Used by the end-to-end tests and by ``bench/call_setup.py``.
+can show what the server saw. When the booth renegotiates after a drop (an offer of a newer
+``generation``, see docs/protocol.md), it closes its old peer connection and answers with a
+fresh one, as the console does; the call record keeps when each generation connected and
+when its first stamped frame arrived. Used by the end-to-end tests and by ``bench/call_setup.py``.
 """
 
 from __future__ import annotations
@@ -160,6 +163,14 @@ class CallRecord:
     document_first_frame: asyncio.Event = field(default_factory=asyncio.Event)
     still_assembly: StillAssembly = field(default_factory=StillAssembly)
     stills: asyncio.Queue[ReceivedStill] = field(default_factory=asyncio.Queue)
+    # renegotiations after a drop: the current generation, and per generation when its
+    # offer arrived, when it connected and when its first stamped booth frame was decoded
+    generation: int = 0
+    offers_at: dict[int, float] = field(default_factory=dict)
+    connected_at_by_generation: dict[int, float] = field(default_factory=dict)
+    first_frame_by_generation: dict[int, float] = field(default_factory=dict)
+    last_frame_at: float | None = None
+    renegotiated: asyncio.Event = field(default_factory=asyncio.Event)
 
     def booth_tone_level(self) -> float:
         """Relative level of the booth's 1 kHz tone in the audio received (0 … 1)."""
@@ -192,6 +203,8 @@ class AutoStaff:
         self._reader: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pcs: dict[str, RTCPeerConnection] = {}
+        self._started: dict[str, CallStarted] = {}
+        self._relay_lock = asyncio.Lock()  # relays are applied one at a time, in order
         self._closing: set[asyncio.Future[None]] = set()
         self.welcome: StaffWelcome | None = None
         self.state: str | None = None
@@ -453,7 +466,8 @@ class AutoStaff:
                     call_started_at=now,
                 )
                 self.calls[message.session_id] = record
-                self._pcs[message.session_id] = self._new_pc(message, record)
+                self._started[message.session_id] = message
+                self._pcs[message.session_id] = self._new_pc(message, record, 0)
                 self.call_started.put_nowait(record)
             case Relay():
                 self._spawn(self._on_relay(message))
@@ -471,13 +485,19 @@ class AutoStaff:
             case _:
                 pass
 
-    def _new_pc(self, started: CallStarted, record: CallRecord) -> RTCPeerConnection:
+    def _new_pc(
+        self, started: CallStarted, record: CallRecord, generation: int
+    ) -> RTCPeerConnection:
         pc = RTCPeerConnection(rtc_configuration(started.ice_servers))
 
         @pc.on("connectionstatechange")
         async def _state() -> None:
-            if pc.connectionState == "connected" and record.connected_at is None:
-                record.connected_at = time.monotonic()
+            if pc.connectionState != "connected" or record.generation != generation:
+                return
+            now = time.monotonic()
+            record.connected_at_by_generation.setdefault(generation, now)
+            if record.connected_at is None:
+                record.connected_at = now
                 record.connected.set()
                 await self.send(MediaConnected(session_id=started.session_id))
 
@@ -486,11 +506,11 @@ class AutoStaff:
             if self._is_document_track(pc, track):
                 self._spawn(self._consume_document(track, record))
                 return
-            self._spawn(self._consume(track, record))
+            self._spawn(self._consume(track, record, generation))
 
         @pc.on("datachannel")
         def _datachannel(channel: RTCDataChannel) -> None:
-            if channel.label != DATA_CHANNEL_LABEL:
+            if channel.label != DATA_CHANNEL_LABEL or record.generation != generation:
                 return
             record.channel = channel
 
@@ -517,14 +537,25 @@ class AutoStaff:
         return pc
 
     async def _on_relay(self, relay: Relay) -> None:
+        async with self._relay_lock:
+            await self._apply_relay(relay)
+
+    async def _apply_relay(self, relay: Relay) -> None:
         pc = self._pcs.get(relay.session_id)
-        if pc is None:
+        record = self.calls.get(relay.session_id)
+        if pc is None or record is None:
             return
         payload = relay.payload
-        record = self.calls.get(relay.session_id)
+        if isinstance(payload, SdpPayload | IcePayload):
+            if payload.generation < record.generation:
+                return  # from a peer connection the booth has given up
+            if payload.generation > record.generation:
+                if not isinstance(payload, SdpPayload) or payload.sdp_type != "offer":
+                    return
+                pc = self._renegotiate(relay.session_id, record, payload.generation)
         if isinstance(payload, SdpPayload) and payload.sdp_type == "offer":
-            if record is not None:
-                record.offer_sdp_at = time.monotonic()
+            record.offer_sdp_at = time.monotonic()
+            record.offers_at[payload.generation] = record.offer_sdp_at
             await pc.setRemoteDescription(RTCSessionDescription(payload.sdp, "offer"))
             if self._send_media:
                 width, height = self._video_size
@@ -535,18 +566,34 @@ class AutoStaff:
             await self.send(
                 Relay(
                     session_id=relay.session_id,
-                    payload=SdpPayload(sdp_type="answer", sdp=local.sdp),
+                    payload=SdpPayload(
+                        sdp_type="answer", sdp=local.sdp, generation=payload.generation
+                    ),
                 )
             )
-            if record is not None:
-                record.answer_sent_at = time.monotonic()
+            record.answer_sent_at = time.monotonic()
         elif isinstance(payload, IcePayload) and payload.candidate:
             candidate = candidate_from_sdp(payload.candidate.removeprefix("candidate:"))
             candidate.sdpMid = payload.sdp_mid
             candidate.sdpMLineIndex = payload.sdp_mline_index
             await pc.addIceCandidate(candidate)
 
-    async def _consume(self, track: MediaStreamTrack, record: CallRecord) -> None:
+    def _renegotiate(
+        self, session_id: str, record: CallRecord, generation: int
+    ) -> RTCPeerConnection:
+        """The booth offers a fresh connection: close the old one, make the new one."""
+        old = self._pcs.pop(session_id, None)
+        if old is not None:
+            self._close_pc(old)
+        record.generation = generation
+        record.channel = None
+        record.channel_open.clear()
+        record.renegotiated.set()
+        pc = self._new_pc(self._started[session_id], record, generation)
+        self._pcs[session_id] = pc
+        return pc
+
+    async def _consume(self, track: MediaStreamTrack, record: CallRecord, generation: int) -> None:
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
@@ -558,6 +605,8 @@ class AutoStaff:
                     record.frames += 1
                     record.stamps.append(stamp.frame_no)
                     record.latencies_ms.append(stamp.latency_ms())
+                    record.last_frame_at = now
+                    record.first_frame_by_generation.setdefault(generation, now)
                     if record.first_frame_at is None:
                         record.first_frame_at = now
                         record.first_frame.set()

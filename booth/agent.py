@@ -53,6 +53,7 @@ from shared.protocol import (
     CancelRequest,
     ErrorMessage,
     HangUp,
+    MediaFailed,
     Model,
     QueueStatus,
     Relay,
@@ -235,9 +236,7 @@ class BoothAgent:
             screen = KioskScreen.ENDED
             fields["return_to_start_s"] = self.config.ended_screen_s
         elif call is not None and self.phase is VisitPhase.CALL and call.state in MEDIA_STATES:
-            screen = (
-                KioskScreen.IN_CALL if call.state is CallState.IN_CALL else KioskScreen.CONNECTING
-            )
+            screen = _MEDIA_SCREENS[call.state]
             fields["card"] = self.card_read.prompt()
             fields["still_busy"] = self.stills.busy
             fields["form"] = self.forms.kiosk_form()
@@ -336,6 +335,9 @@ class BoothAgent:
             document_camera=self.document_camera,
             relay_only=self.config.ice_relay_only,
             turn_transport=self.config.ice_turn_transport,
+            media_loss_grace_s=self.config.media_loss_grace_s,
+            restart_attempt_s=self.config.media_restart_attempt_s,
+            outage_limit_s=self.config.media_outage_limit_s,
         )
         self.call = call
         self.calls.append(call)
@@ -434,10 +436,23 @@ class BoothAgent:
         if call is not None and call.state in MEDIA_STATES:
             if welcome.session_id is None or welcome.session_id != call.session_id:
                 await call.lose_session("the call ended while the booth was disconnected")
+            else:
+                call.on_signaling_back()  # a lost media path is renegotiated at once
         elif welcome.session_id is not None:
-            # The server still holds a call this booth no longer has (the agent restarted).
-            logger.info("ending session %s left from before", welcome.session_id)
-            await self.signaling.send(HangUp(session_id=welcome.session_id))
+            lost = next(
+                (c for c in self.calls if c.session_id == welcome.session_id and c.media_lost),
+                None,
+            )
+            if lost is not None:
+                # The media path stayed lost past the limit while signaling was down too:
+                # the server learns it now, so that the session records why it ended.
+                logger.info("ending session %s: media lost", welcome.session_id)
+                detail = (lost.failure or "media lost")[:200]
+                await self.signaling.send(MediaFailed(session_id=welcome.session_id, detail=detail))
+            else:
+                # The server still holds a call this booth no longer has (the agent restarted).
+                logger.info("ending session %s left from before", welcome.session_id)
+                await self.signaling.send(HangUp(session_id=welcome.session_id))
         ours = call.request_id if call is not None and call.state in WAITING_STATES else None
         stale = welcome.pending_request_id
         if stale is not None and stale != ours:
@@ -518,7 +533,18 @@ def _with_spool_path(config: BoothConfig) -> DeviceConfig:
     return devices.model_copy(update={"spool_path": f"var/spool-{config.booth_id}.sqlite3"})
 
 
+_MEDIA_SCREENS: dict[CallState, KioskScreen] = {
+    CallState.CONNECTING: KioskScreen.CONNECTING,
+    CallState.IN_CALL: KioskScreen.IN_CALL,
+    CallState.RECONNECTING: KioskScreen.RECONNECTING,
+}
+
+
 def _failure_text(call: RemoteCounterCall, language: str) -> str:
+    if call.media_lost:
+        if language == "ja":
+            return "通信が途切れたまま回復しなかったため、通話を終了しました。"
+        return "The connection was lost and did not come back, so the call has ended."
     if call.closed_reason == "refused":
         if language == "ja":
             return "受付できませんでした。お手数ですが、もう一度お試しください。"

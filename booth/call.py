@@ -4,8 +4,10 @@ An explicit state machine::
 
     IDLE ─request()→ REQUESTING ─queue_status→ WAITING ─call_started→ CONNECTING
       CONNECTING ─WebRTC connected→ IN_CALL ─hang up / session_ended→ ENDED
+      IN_CALL ─media lost→ RECONNECTING ─a fresh connection connected→ IN_CALL
       any waiting state ─cancel / request_closed→ ENDED (or FAILED if abandoned)
-      CONNECTING / IN_CALL ─WebRTC failed or timed out→ FAILED
+      CONNECTING ─WebRTC failed or timed out→ FAILED
+      RECONNECTING ─lost longer than the outage limit→ FAILED (session ends: media_failed)
 
 The booth is the WebRTC offerer: on ``call_started`` it creates an RTCPeerConnection with
 the ICE servers the server sent (never aiortc's default STUN), adds the camera and the
@@ -17,6 +19,17 @@ shows; staff audio goes to the speaker.
 Before the offer the booth also creates the call's data channel (``ekichika``: reliable,
 ordered). Its messages (:data:`shared.protocol.PeerData`, decoded by :mod:`shared.wire`)
 go to ``on_peer_data``; card data travels only there, never through signaling.
+
+Recovery from drops (aiortc has no ICE restart): when nothing has arrived from staff for
+``media_loss_grace_s`` (every packet counts: media, RTCP, the data channel) or the
+connection fails, the call goes to RECONNECTING and negotiates a fresh RTCPeerConnection
+through signaling in the same session: the old one is closed, the offer carries the next
+``generation`` and staff answer it with a fresh peer connection of their own; answers and
+candidates of another generation are ignored. An attempt waits ``restart_attempt_s`` for
+the connection, then the next one starts (at once when signaling comes back, see
+:meth:`RemoteCounterCall.on_signaling_back`). The data channel comes back with the new
+connection (``on_channel_open`` is called again). After ``outage_limit_s`` without media
+the call fails and the session ends with ``media_failed``.
 """
 
 from __future__ import annotations
@@ -71,13 +84,16 @@ class CallState(enum.Enum):
     WAITING = "waiting"  # in the queue
     CONNECTING = "connecting"  # staff accepted; WebRTC being set up
     IN_CALL = "in_call"  # media connected
+    RECONNECTING = "reconnecting"  # media lost; a fresh connection is being negotiated
     ENDED = "ended"
     FAILED = "failed"
 
 
 FINAL_STATES: Final = frozenset({CallState.ENDED, CallState.FAILED})
 WAITING_STATES: Final = frozenset({CallState.REQUESTING, CallState.WAITING})
-MEDIA_STATES: Final = frozenset({CallState.CONNECTING, CallState.IN_CALL})
+MEDIA_STATES: Final = frozenset({CallState.CONNECTING, CallState.IN_CALL, CallState.RECONNECTING})
+# how often a connected call checks that something still arrives from staff
+MEDIA_WATCH_INTERVAL_S: Final = 0.25
 
 _ALLOWED: Final[dict[CallState, frozenset[CallState]]] = {
     CallState.IDLE: frozenset({CallState.REQUESTING, CallState.ENDED}),
@@ -88,7 +104,8 @@ _ALLOWED: Final[dict[CallState, frozenset[CallState]]] = {
         {CallState.WAITING, CallState.CONNECTING, CallState.ENDED, CallState.FAILED}
     ),
     CallState.CONNECTING: frozenset({CallState.IN_CALL, CallState.ENDED, CallState.FAILED}),
-    CallState.IN_CALL: frozenset({CallState.ENDED, CallState.FAILED}),
+    CallState.IN_CALL: frozenset({CallState.RECONNECTING, CallState.ENDED, CallState.FAILED}),
+    CallState.RECONNECTING: frozenset({CallState.IN_CALL, CallState.ENDED, CallState.FAILED}),
     CallState.ENDED: frozenset(),
     CallState.FAILED: frozenset(),
 }
@@ -102,6 +119,19 @@ class CallSignaling(Protocol):
     async def cancel_request(self, request_id: str) -> bool: ...
 
     async def send(self, message: BoothToServer) -> bool: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+
+@dataclass
+class MediaOutage:
+    """One loss of the media path during the call (times from ``time.monotonic()``)."""
+
+    lost_at: float
+    why: str
+    attempts: int = 0  # fresh connections offered
+    restored_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +158,9 @@ class RemoteCounterCall:
         document_camera: DocumentCamera | None = None,
         relay_only: bool = False,
         turn_transport: TurnTransport | None = None,
+        media_loss_grace_s: float = 2.0,
+        restart_attempt_s: float = 4.0,
+        outage_limit_s: float = 60.0,
     ) -> None:
         self.request_id = request_id
         self._relay_only = relay_only  # see booth.ice.rtc_configuration
@@ -139,6 +172,9 @@ class RemoteCounterCall:
         self.staff_video = staff_video
         self.self_video = self_video
         self._connect_timeout_s = connect_timeout_s
+        self._media_loss_grace_s = media_loss_grace_s
+        self._restart_attempt_s = restart_attempt_s
+        self._outage_limit_s = outage_limit_s
         self._on_change = on_change
         self._document_camera = document_camera
         self.state = CallState.IDLE
@@ -157,6 +193,14 @@ class RemoteCounterCall:
         self._pc: RTCPeerConnection | None = None
         self._negotiation: asyncio.Future[None] | None = None
         self._pc_closing: asyncio.Future[None] | None = None
+        # recovery from drops
+        self.generation = 0  # of the current peer connection (see SdpPayload.generation)
+        self.outages: list[MediaOutage] = []
+        self.media_lost = False  # the call ended because the media path did not come back
+        self._retiring: set[asyncio.Future[None]] = set()  # old peer connections closing
+        self._recovery_wake = asyncio.Event()
+        self._attempt_answered = False  # the answer to the current renegotiation came
+        self._reading_peer_data = False
         self._local_tracks: list[MediaStreamTrack] = []
         self._pending_candidates: list[IcePayload] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -291,49 +335,83 @@ class RemoteCounterCall:
         self._set(CallState.CONNECTING, f"staff {started.staff.staff_id} accepted")
         self._spawn(self._connect_timeout())
         try:
-            pc = RTCPeerConnection(
-                rtc_configuration(
-                    started.ice_servers,
-                    relay_only=self._relay_only,
-                    turn_transport=self._turn_transport,
-                )
-            )
-            self._pc = pc
-            pc.on("connectionstatechange", self._on_connection_state)
-            pc.on("track", self._on_track)
-            video = SelfViewTrack(self._media.camera.track(), self.self_video)
-            audio = self._media.microphone.track()
-            self._local_tracks = [video, audio]
-            pc.addTrack(video)
-            pc.addTrack(audio)
-            if self._document_camera is not None:
-                # the second video track of the offer is always the document camera
-                document = self._document_camera.track()
-                self._local_tracks.append(document)
-                pc.addTrack(document)
-            pc.on("datachannel", self._use_channel)
-            if started.role == "offerer":
-                self._use_channel(pc.createDataChannel(DATA_CHANNEL_LABEL, ordered=True))
-                # Closing a peer connection while it gathers candidates leaks its sockets,
-                # so a close waits for this task (see _close_media).
-                self._negotiation = asyncio.ensure_future(
-                    pc.setLocalDescription(await pc.createOffer())
-                )
-                await self._negotiation
-                if self._pc is not pc:
-                    return  # the call ended while the offer was made
-                await self._relay(SdpPayload(sdp_type="offer", sdp=pc.localDescription.sdp))
+            await self._open_peer(started, generation=0)
         except Exception as err:
             logger.exception("call %s: could not create the WebRTC offer", self.request_id)
             await self._media_failed(f"offer failed: {type(err).__name__}")
 
+    async def _open_peer(self, started: CallStarted, generation: int) -> bool:
+        """Create the peer connection of ``generation`` with fresh local tracks and, as the
+        offerer, relay its offer. False when the offer could not be sent (signaling down)
+        or the call moved on meanwhile."""
+        pc = RTCPeerConnection(
+            rtc_configuration(
+                started.ice_servers,
+                relay_only=self._relay_only,
+                turn_transport=self._turn_transport,
+            )
+        )
+        self._pc = pc
+        self.generation = generation
+        self._pending_candidates = []
+
+        async def state_changed() -> None:
+            await self._on_connection_state(pc)
+
+        pc.on("connectionstatechange", state_changed)
+        pc.on("track", self._on_track)
+        video = SelfViewTrack(self._media.camera.track(), self.self_video)
+        audio = self._media.microphone.track()
+        self._local_tracks = [video, audio]
+        pc.addTrack(video)
+        pc.addTrack(audio)
+        if self._document_camera is not None:
+            # the second video track of the offer is always the document camera
+            document = self._document_camera.track()
+            self._local_tracks.append(document)
+            pc.addTrack(document)
+        pc.on("datachannel", self._use_channel)
+        if started.role != "offerer":
+            return True
+        self._use_channel(pc.createDataChannel(DATA_CHANNEL_LABEL, ordered=True))
+        # Closing a peer connection while it gathers candidates leaks its sockets,
+        # so a close waits for this task (see _close_media).
+        negotiation = asyncio.ensure_future(pc.setLocalDescription(await pc.createOffer()))
+        self._negotiation = negotiation
+        await negotiation
+        if self._pc is not pc:
+            return False  # the call ended (or restarted) while the offer was made
+        offer = SdpPayload(sdp_type="offer", sdp=pc.localDescription.sdp, generation=generation)
+        return await self._relay(offer)
+
     async def on_relay(self, relay: Relay) -> None:
         if relay.session_id != self.session_id or self.state not in MEDIA_STATES:
             return
+        payload = relay.payload
+        if isinstance(payload, SdpPayload | IcePayload) and payload.generation != self.generation:
+            started = self.started
+            if (
+                isinstance(payload, SdpPayload)
+                and payload.sdp_type == "offer"
+                and payload.generation > self.generation
+                and started is not None
+                and started.role != "offerer"
+            ):
+                # staff renegotiate (only when the server made the booth the answerer)
+                await self._retire_peer()
+                await self._open_peer(started, payload.generation)
+            else:
+                logger.debug(
+                    "call %s: ignored %s of generation %d (current %d)",
+                    self.request_id,
+                    payload.type,
+                    payload.generation,
+                    self.generation,
+                )
+                return
         pc = self._pc
         if pc is None:
             return
-        payload = relay.payload
         try:
             if isinstance(payload, SdpPayload):
                 await self._on_sdp(pc, payload)
@@ -347,14 +425,19 @@ class RemoteCounterCall:
                 self._notify()
         except Exception as err:
             logger.warning("call %s: bad %s from staff: %s", self.request_id, payload.type, err)
-            if isinstance(payload, SdpPayload):
+            if isinstance(payload, SdpPayload) and self.state is CallState.CONNECTING:
                 await self._media_failed(f"bad {payload.sdp_type}")
+            # while reconnecting, the next attempt follows
 
     async def _on_sdp(self, pc: RTCPeerConnection, payload: SdpPayload) -> None:
         await pc.setRemoteDescription(RTCSessionDescription(payload.sdp, payload.sdp_type))
+        self._attempt_answered = True
         if payload.sdp_type == "offer":  # only when the server made the booth the answerer
             await pc.setLocalDescription(await pc.createAnswer())
-            await self._relay(SdpPayload(sdp_type="answer", sdp=pc.localDescription.sdp))
+            answer = SdpPayload(
+                sdp_type="answer", sdp=pc.localDescription.sdp, generation=payload.generation
+            )
+            await self._relay(answer)
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             await self._add_candidate(pc, candidate)
@@ -370,24 +453,128 @@ class RemoteCounterCall:
             candidate.sdpMLineIndex = 0
         await pc.addIceCandidate(candidate)
 
-    async def _relay(self, payload: SdpPayload | IcePayload | MediaStatePayload) -> None:
+    async def _relay(self, payload: SdpPayload | IcePayload | MediaStatePayload) -> bool:
         session_id = self.session_id
-        if session_id is not None:
-            await self._signaling.send(Relay(session_id=session_id, payload=payload))
+        if session_id is None:
+            return False
+        return await self._signaling.send(Relay(session_id=session_id, payload=payload))
 
-    async def _on_connection_state(self) -> None:
-        pc = self._pc
-        if pc is None:
-            return
+    async def _on_connection_state(self, pc: RTCPeerConnection) -> None:
+        if pc is not self._pc:
+            return  # an old peer connection, closing
         state = pc.connectionState
         if state == "connected" and self.state is CallState.CONNECTING:
             self.connected_at = time.monotonic()
             self._set(CallState.IN_CALL, "media connected")
+            self._spawn(self._watch_media(pc))
             session_id = self.session_id
             if session_id is not None:
                 await self._signaling.send(MediaConnected(session_id=session_id))
+        elif state == "connected" and self.state is CallState.RECONNECTING:
+            outage = self.outages[-1]
+            outage.restored_at = time.monotonic()
+            self._set(
+                CallState.IN_CALL,
+                f"media restored after {outage.restored_at - outage.lost_at:.1f} s"
+                f" (generation {self.generation})",
+            )
+            self._recovery_wake.set()
+            self._spawn(self._watch_media(pc))
         elif state == "failed":
-            await self._media_failed("WebRTC connection failed")
+            if self.state is CallState.CONNECTING:
+                await self._media_failed("WebRTC connection failed")
+            elif self.state is CallState.IN_CALL:
+                await self._media_lost("WebRTC connection failed")
+            elif self.state is CallState.RECONNECTING:
+                self._recovery_wake.set()  # this attempt is over: the next one now
+
+    # ---------------------------------------------------------------- recovery from drops
+
+    async def _watch_media(self, pc: RTCPeerConnection) -> None:
+        """While connected: anything received from staff (media, RTCP, the data channel)
+        counts; nothing for ``media_loss_grace_s`` means the media path is lost."""
+        last = -1
+        changed_at = time.monotonic()
+        while self._pc is pc and self.state is CallState.IN_CALL:
+            await asyncio.sleep(MEDIA_WATCH_INTERVAL_S)
+            received = await _packets_received(pc)
+            now = time.monotonic()
+            if received != last:
+                last, changed_at = received, now
+            elif now - changed_at >= self._media_loss_grace_s and self._pc is pc:
+                await self._media_lost(f"nothing from staff for {now - changed_at:.1f} s")
+                return
+
+    async def _media_lost(self, why: str) -> None:
+        if self.state is not CallState.IN_CALL:
+            return
+        self.outages.append(MediaOutage(lost_at=time.monotonic(), why=why))
+        self._attempt_answered = False
+        self._set(CallState.RECONNECTING, why)
+        self._spawn(self._recover(self.outages[-1]))
+
+    async def _recover(self, outage: MediaOutage) -> None:
+        """Offer fresh peer connections until one connects or the outage limit is reached."""
+        started = self.started
+        assert started is not None
+        backoff_s = 0.25
+        while self.state is CallState.RECONNECTING:
+            left_s = outage.lost_at + self._outage_limit_s - time.monotonic()
+            if left_s <= 0:
+                self.media_lost = True
+                self.end_reason = EndReason.MEDIA_FAILED
+                await self._media_failed(f"media lost for more than {self._outage_limit_s:g} s")
+                return
+            self._recovery_wake.clear()
+            sent = False
+            if started.role == "offerer" and self._signaling.connected:
+                outage.attempts += 1
+                self._attempt_answered = False
+                try:
+                    await self._retire_peer()
+                    sent = await self._open_peer(started, self.generation + 1)
+                except Exception:
+                    logger.exception("call %s: renegotiation failed", self.request_id)
+                logger.info(
+                    "call %s: fresh peer connection offered (generation %d, attempt %d%s)",
+                    self.request_id,
+                    self.generation,
+                    outage.attempts,
+                    "" if sent else ", signaling down",
+                )
+            # an offer sent gets its attempt time; without signaling, look again soon (and
+            # at once when it is back: on_signaling_back)
+            wait_s = self._restart_attempt_s if sent else backoff_s
+            backoff_s = min(backoff_s * 2, self._restart_attempt_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(wait_s, max(left_s, 0.01))):
+                    await self._recovery_wake.wait()
+
+    def on_signaling_back(self) -> None:
+        """Signaling is connected again and still holds this call's session. An offer sent
+        over the old connection may be lost: unless an answer already came, the next
+        attempt starts now."""
+        if self.state is CallState.RECONNECTING and not self._attempt_answered:
+            self._recovery_wake.set()
+
+    async def _retire_peer(self) -> None:
+        """Close the current peer connection in the background (the data channel and the
+        local tracks with it); the call keeps everything else."""
+        negotiation, self._negotiation = self._negotiation, None
+        if negotiation is not None and not negotiation.done():
+            await asyncio.wait({negotiation}, timeout=10)
+        pc, self._pc = self._pc, None
+        channel, self._channel = self._channel, None
+        tracks, self._local_tracks = self._local_tracks, []
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                channel.close()
+        for track in tracks:
+            track.stop()
+        if pc is not None:
+            closing = asyncio.ensure_future(pc.close())
+            self._retiring.add(closing)
+            closing.add_done_callback(self._retiring.discard)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         logger.info("call %s: receiving staff %s", self.request_id, track.kind)
@@ -431,7 +618,9 @@ class RemoteCounterCall:
         channel.on("message", received)
         if channel.readyState == "open":
             opened()
-        self._spawn(self._read_peer_data())
+        if not self._reading_peer_data:
+            self._reading_peer_data = True
+            self._spawn(self._read_peer_data())
 
     async def _read_peer_data(self) -> None:
         while True:
@@ -546,9 +735,23 @@ class RemoteCounterCall:
         pending: list[asyncio.Future[None]] = [t for t in self._tasks if t is not current]
         if self._pc_closing is not None:
             pending.append(self._pc_closing)
+        pending.extend(self._retiring)
         await asyncio.gather(*pending, return_exceptions=True)
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def _packets_received(pc: RTCPeerConnection) -> int:
+    """Every packet the peer connection's transports received so far."""
+    try:
+        report = await pc.getStats()
+    except Exception:
+        return -1
+    return sum(
+        int(getattr(stats, "packetsReceived", 0) or 0)
+        for stats in report.values()
+        if stats.type == "transport"
+    )

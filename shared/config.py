@@ -199,6 +199,13 @@ class BoothConfig(BaseSettings):
     reconnect_max_s: float = 10.0
     heartbeat_s: float = 10.0
     call_connect_timeout_s: float = 20.0  # WebRTC must connect within this
+    # Recovery from drops: no media from staff for media_loss_grace_s (or the connection
+    # failed) → a fresh peer connection is negotiated through signaling, in the same
+    # session; each attempt waits media_restart_attempt_s for the answer and the connection.
+    # Lost longer than media_outage_limit_s → the session ends (outcome media_failed).
+    media_loss_grace_s: float = Field(default=2.0, gt=0)
+    media_restart_attempt_s: float = Field(default=4.0, gt=0)
+    media_outage_limit_s: float = Field(default=60.0, gt=0)
     ended_screen_s: float = 8.0  # "call ended" screen shows this long, then the start
     # Restrict WebRTC host candidates to these local addresses (empty: every interface
     # but loopback). Use it to keep media off a management interface.

@@ -39,6 +39,7 @@ class KioskScreen(StrEnum):
     NO_STAFF = "no_staff"  # in the queue, but nobody who could answer is signed in
     CONNECTING = "connecting"  # staff accepted, the video call is being set up
     IN_CALL = "in_call"
+    RECONNECTING = "reconnecting"  # in a call, the media path was lost and is being renewed
     CONNECTION_LOST = "connection_lost"  # the booth lost the signaling server
     ENDED = "ended"  # thank-you screen, then back to the start
 

@@ -71,7 +71,9 @@ class EndReason(StrEnum):
     HANGUP_STAFF = "hangup_staff"
     BOOTH_LOST = "booth_lost"  # the booth's connection dropped and did not come back
     STAFF_LOST = "staff_lost"
-    MEDIA_FAILED = "media_failed"  # a peer reported that WebRTC could not connect
+    # a peer reported that WebRTC could not connect, or that the media path stayed lost
+    # longer than the booth's media_outage_limit_s
+    MEDIA_FAILED = "media_failed"
     SERVER_RESTART = "server_restart"
 
 
@@ -192,10 +194,21 @@ class ErrorMessage(Model):
 # --------------------------------------------------------------------------------------
 
 
+# Which negotiation of the session a payload belongs to. The booth's first offer is
+# generation 0; each renegotiation after a lost media path (a fresh peer connection, see
+# docs/protocol.md "Renegotiation") takes the next number. An answer or a candidate of
+# another generation than the current one is ignored.
+Generation = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
 class SdpPayload(Model):
+    """An offer or an answer. An offer of a newer ``generation`` replaces the peer
+    connection: the answerer closes its old one and answers with a fresh one."""
+
     type: Literal["sdp"] = "sdp"
     sdp_type: Literal["offer", "answer"]
     sdp: Sdp
+    generation: Generation = 0
 
 
 class IcePayload(Model):
@@ -205,6 +218,7 @@ class IcePayload(Model):
     candidate: Annotated[str, Field(max_length=1000)] | None
     sdp_mid: Annotated[str, Field(max_length=64)] | None = None
     sdp_mline_index: Annotated[int, Field(ge=0, le=64)] | None = None
+    generation: Generation = 0
 
 
 class MediaStatePayload(Model):
