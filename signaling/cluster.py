@@ -621,17 +621,26 @@ class Leader:
             self._route(self.d.staff_disconnected(peer_id, now))
 
     async def _drop_lost_nodes(self) -> None:
-        """Connections of nodes whose presence key expired are lost."""
+        """Connections of nodes whose presence key expired are lost, and so are those of
+        an earlier run of a node restarted since (its presence names its current run, the
+        prefix of its connection ids)."""
         nodes = sorted({node_id for node_id, _ in self.where.values()})
         if not nodes:
             return
-        alive = await _redis(self._redis.mget([self._keys.node(n) for n in nodes]))
-        gone = {n for n, value in zip(nodes, alive, strict=True) if value is None}
-        if not gone:
+        values = await _redis(self._redis.mget([self._keys.node(n) for n in nodes]))
+        boots = dict(zip(nodes, values, strict=True))
+        lost = [
+            key
+            for key, (node_id, conn_id) in self.where.items()
+            if boots[node_id] is None or not conn_id.startswith(f"{boots[node_id]}-")
+        ]
+        if not lost:
             return
-        lost = [key for key, (node_id, _) in self.where.items() if node_id in gone]
+        gone = sorted({self.where[key][0] for key in lost})
         self.log.warning(
-            "nodes %s are gone; %d of their connections lost", ", ".join(sorted(gone)), len(lost)
+            "nodes %s are gone or restarted; %d of their connections lost",
+            ", ".join(gone),
+            len(lost),
         )
         now = time.time()
         for side, peer_id in lost:
