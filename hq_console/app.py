@@ -90,9 +90,15 @@ def _signaling_origin(signaling_url: str) -> str:
     return str(url.origin())
 
 
+def staff_signaling_urls(config: ConsoleConfig) -> list[str]:
+    """The signaling WebSocket URLs the staff page tries, in order."""
+    return list(config.signaling_urls) or [config.signaling_url]
+
+
 def content_security_policy(config: ConsoleConfig) -> str:
-    """Own origin only, plus the signaling WebSocket; media elements play MediaStreams."""
-    connect = " ".join(x for x in ("'self'", _signaling_origin(config.signaling_url)) if x)
+    """Own origin only, plus the signaling WebSockets; media elements play MediaStreams."""
+    origins = dict.fromkeys(_signaling_origin(u) for u in staff_signaling_urls(config))
+    connect = " ".join(x for x in ("'self'", *origins) if x)
     return (
         "default-src 'none'; "
         "script-src 'self'; style-src 'self'; img-src 'self' data: blob:; font-src 'self'; "
@@ -298,6 +304,7 @@ async def api_me(request: web.Request) -> web.StreamResponse:
             "site_id": staff.site_id,
             "skills": [s.model_dump() for s in staff.skills],
             "signaling_url": request.app[CONFIG].signaling_url,
+            "signaling_urls": staff_signaling_urls(request.app[CONFIG]),
         }
     )
 

@@ -45,6 +45,7 @@ async def _start(
     throttle: LoginThrottle | None = None,
     secure: bool = False,
     still_relay_wait_s: float = 20.0,
+    signaling_urls: list[str] | None = None,
 ) -> AsyncIterator[Console]:
     url = f"sqlite+aiosqlite:///{tmp_path}/console.sqlite3"
     await migrate(url)
@@ -58,6 +59,7 @@ async def _start(
         token_ttl_s=120,
         secure_cookies=secure,
         still_relay_wait_s=still_relay_wait_s,
+        signaling_urls=signaling_urls or [],
     )
     runner = web.AppRunner(create_app(config, throttle=throttle))
     await runner.setup()
@@ -430,3 +432,22 @@ def test_add_staff_command_creates_an_account_that_can_sign_in(
     staff, skills = asyncio.run(stored())
     assert staff.display_name == "田中 太郎" and staff.role == "hq" and staff.active
     assert skills == [("kazei", "en"), ("kazei", "ja")]
+
+
+async def test_the_page_learns_every_signaling_node_and_may_connect_to_each(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Several signaling nodes: /api/me lists them in order and the CSP allows each."""
+    nodes = ["wss://sig-a.city.example/ws/staff", "wss://sig-b.city.example:8443/ws/staff"]
+    async for console in _start(tmp_path, signaling_urls=nodes):
+        assert (await _login(http, console, "sato")).status == 303
+        async with http.get(f"{console.base}/api/me") as resp:
+            me = await resp.json()
+            csp = resp.headers["Content-Security-Policy"]
+        assert me["signaling_urls"] == nodes
+        connect = next(d for d in csp.split("; ") if d.startswith("connect-src"))
+        assert connect.split()[1:] == [
+            "'self'",
+            "wss://sig-a.city.example",
+            "wss://sig-b.city.example:8443",
+        ]
