@@ -16,7 +16,9 @@ same throughout; between outages the media runs for ``--settle-s`` seconds.
 The result is one JSON object (like the other benchmarks): ``recovery_p50_s``,
 ``recovery_p95_s`` (target ≤ 5 s) and every sample, the booth's detection time (line down →
 RECONNECTING) and the attempts it made per outage. The default ``--outage-s`` is 10 s
-(the issue's case); use e.g. ``--outages 3 --outage-s 4`` for a quick run. Needs root.
+(the issue's case); use e.g. ``--outages 3 --outage-s 4`` for a quick run.
+``--syn-linear N`` sets the booth host's ``net.ipv4.tcp_syn_linear_timeouts`` (see
+:func:`linear_syn_retries`); without it the kernel's default applies. Needs root.
 
 The helpers here (:func:`start_hq`, :func:`start_booth`, :func:`line_down`,
 :func:`line_up`, :func:`wait_new_frames`) are what ``tests/test_media_recovery.py`` uses.
@@ -211,6 +213,17 @@ async def line_down(link: EmulatedLink, directory: Path) -> None:
     )
 
 
+async def linear_syn_retries(link: EmulatedLink, count: int) -> None:
+    """The booth host's setting for quick signaling reconnects: the first ``count`` SYN
+    retransmissions of a connection attempt 1 s apart instead of doubling (Linux
+    ``net.ipv4.tcp_syn_linear_timeouts``, per network namespace). An attempt started
+    during an outage then reaches the server at most about a second after the line is
+    back; with doubling gaps it can wait several seconds for its next SYN."""
+    await link.run_command(
+        "booth", ["sysctl", "-q", "-w", f"net.ipv4.tcp_syn_linear_timeouts={count}"]
+    )
+
+
 async def line_up(link: EmulatedLink) -> None:
     await asyncio.gather(
         link.run_command("booth", ["nft", "delete", "table", "netdev", OUTAGE_TABLE]),
@@ -229,6 +242,7 @@ class Params:
     outage_s: float = 10.0
     settle_s: float = 3.0
     profile: str = "station"
+    syn_linear: int = 0  # 0: the kernel's default
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -251,6 +265,8 @@ async def run(params: Params, directory: Path) -> dict[str, Any]:
     attempts: list[int] = []
     async with emulated_link(params.profile) as link:
         restrict_host_addresses([BOOTH_ADDRESS, HQ_ADDRESS])
+        if params.syn_linear > 0:
+            await linear_syn_retries(link, params.syn_linear)
         hq = await link.hq.run(start_hq, directory)
         try:
             agent = await link.booth.run(start_booth, booth_config(hq.booth_url, directory))
@@ -293,6 +309,7 @@ async def run(params: Params, directory: Path) -> dict[str, Any]:
         "profile": params.profile,
         "outages": params.outages,
         "outage_s": params.outage_s,
+        "booth_tcp_syn_linear_timeouts": params.syn_linear or "kernel default",
         "recovery_p50_s": round(statistics.median(samples), 3),
         "recovery_p95_s": round(p95, 3),
         "recovery_max_s": round(max(samples), 3),
@@ -311,8 +328,14 @@ def parse_args(argv: list[str] | None) -> Params:
     p.add_argument("--outage-s", type=float, default=10.0, help="length of each outage")
     p.add_argument("--settle-s", type=float, default=3.0, help="media time between outages")
     p.add_argument("--profile", default="station", help="link profile (station)")
+    p.add_argument(
+        "--syn-linear",
+        type=int,
+        default=0,
+        help="net.ipv4.tcp_syn_linear_timeouts in the booth namespace (0: kernel default)",
+    )
     a = p.parse_args(argv)
-    return Params(a.outages, a.outage_s, a.settle_s, a.profile)
+    return Params(a.outages, a.outage_s, a.settle_s, a.profile, a.syn_linear)
 
 
 def main(argv: list[str] | None = None) -> int:

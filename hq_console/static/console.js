@@ -475,6 +475,8 @@ function onCallStarted(msg) {
     mediaMode: null,
     connectedSent: false,
     failedSent: false,
+    everConnected: false,
+    generation: 0, // of the current peer connection (the booth renegotiates after a drop)
     hangingUp: false,
     remoteStream: new MediaStream(),
     documentStream: new MediaStream(),
@@ -499,11 +501,46 @@ async function setUpPeer(session) {
   document.body.dataset.media = mode;
   renderLocalMedia(session);
 
+  newPeer(session);
+}
+
+function newPeer(session) {
   const pc = new RTCPeerConnection({ iceServers: iceServersFor(session.msg.ice_servers) });
   session.pc = pc;
-  pc.addEventListener("track", (event) => onRemoteTrack(session, event));
-  pc.addEventListener("datachannel", (event) => onDataChannel(session, event.channel));
-  pc.addEventListener("connectionstatechange", () => onConnectionState(session));
+  pc.addEventListener("track", (event) => {
+    if (session.pc === pc) onRemoteTrack(session, event);
+  });
+  pc.addEventListener("datachannel", (event) => {
+    if (session.pc === pc) onDataChannel(session, event.channel);
+  });
+  pc.addEventListener("connectionstatechange", () => {
+    if (session.pc === pc) onConnectionState(session);
+  });
+  return pc;
+}
+
+// The booth lost the media path and offers a fresh connection (a newer generation): close
+// the old peer connection and answer with a new one; the session and the camera stay.
+function renegotiate(session, generation) {
+  const old = session.pc;
+  session.generation = generation;
+  if (session.channel) session.channel.close();
+  session.channel = null;
+  $("card-read").disabled = true;
+  session.remoteStream = new MediaStream();
+  session.documentStream = new MediaStream();
+  newPeer(session);
+  if (old) old.close();
+  showReconnecting(session);
+}
+
+function showReconnecting(session) {
+  if (page.session !== session) return;
+  document.body.dataset.call = "reconnecting";
+  const status = $("remote-status");
+  status.textContent = "再接続中… ブースとの映像・音声を回復しています";
+  status.hidden = false;
+  announce("ekichika:reconnecting", { sessionId: session.id, generation: session.generation });
 }
 
 function onRemoteTrack(session, event) {
@@ -729,10 +766,15 @@ function onConnectionState(session) {
   const status = $("remote-status");
   if (state === "connected") {
     status.hidden = true;
+    session.everConnected = true;
+    announce("ekichika:media", { sessionId: session.id, generation: session.generation });
     if (!session.connectedSent) {
       session.connectedSent = true;
       send({ type: "media_connected", session_id: session.id });
     }
+  } else if (session.everConnected && (state === "disconnected" || state === "failed")) {
+    // The booth renegotiates a fresh connection (and ends the call if the outage lasts).
+    showReconnecting(session);
   } else if (state === "disconnected") {
     status.textContent = "映像・音声が途切れています。回復を待っています…";
     status.hidden = false;
@@ -749,6 +791,7 @@ function onConnectionState(session) {
 async function applyRemoteSdp(session, payload) {
   const pc = session.pc;
   if (!pc || payload.sdp_type !== "offer") return;
+  if ((payload.generation || 0) !== session.generation) return; // superseded meanwhile
   await pc.setRemoteDescription({ type: "offer", sdp: payload.sdp });
   let audio = session.stream ? session.stream.getAudioTracks()[0] : null;
   let video = session.stream ? session.stream.getVideoTracks()[0] : null;
@@ -772,7 +815,12 @@ async function applyRemoteSdp(session, payload) {
   send({
     type: "relay",
     session_id: session.id,
-    payload: { type: "sdp", sdp_type: "answer", sdp: pc.localDescription.sdp },
+    payload: {
+      type: "sdp",
+      sdp_type: "answer",
+      sdp: pc.localDescription.sdp,
+      generation: payload.generation || 0,
+    },
   });
   sendMediaState(session);
 }
@@ -780,6 +828,7 @@ async function applyRemoteSdp(session, payload) {
 async function applyRemoteIce(session, payload) {
   const pc = session.pc;
   if (!pc || !payload.candidate) return; // null: end of candidates
+  if ((payload.generation || 0) !== session.generation) return; // an old connection's
   const candidate = payload.candidate.startsWith("candidate:")
     ? payload.candidate
     : `candidate:${payload.candidate}`;
@@ -813,9 +862,15 @@ function onRelay(msg) {
     showRemoteMediaState(payload);
     return;
   }
+  const generation = payload.generation || 0;
+  if (generation < session.generation) return; // from a connection the booth gave up
   session.chain = session.chain
     .then(() => {
       if (page.session !== session) return undefined;
+      if (generation > session.generation) {
+        if (payload.type !== "sdp" || payload.sdp_type !== "offer") return undefined;
+        renegotiate(session, generation);
+      }
       if (payload.type === "sdp") return applyRemoteSdp(session, payload);
       if (payload.type === "ice") return applyRemoteIce(session, payload);
       return undefined;
