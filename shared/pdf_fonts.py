@@ -14,11 +14,14 @@ from __future__ import annotations
 import copy
 import io
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
 from fontTools import ttLib  # type: ignore[import-untyped]
 from fpdf import FPDF
+from fpdf.enums import TextMode
 from fpdf.fonts import SubsetMap, TTFFont
 
 FONT_DIR: Final = Path("/usr/share/fonts/opentype/noto")
@@ -74,3 +77,19 @@ def add_japanese_fonts(pdf: FPDF, family: str, *, bold: bool = True) -> None:
     _add(pdf, family, "", FONT_REGULAR)
     if bold:
         _add(pdf, family, "B", FONT_BOLD)
+
+
+@contextmanager
+def heavy_text(pdf: FPDF, family: str, size_pt: float) -> Iterator[None]:
+    """Text in the regular face drawn bold: filled and outlined in its own colour (a stroke
+    of about 2.5 % of the em). Saves embedding a second weight, which costs as much time as
+    the first when the PDF is written. The graphics state is restored afterwards."""
+    with pdf.local_context(
+        font_family=family,
+        font_size_pt=size_pt,
+        font_style="",
+        text_mode=TextMode.FILL_STROKE,
+        line_width=size_pt * 0.0088,  # mm
+        draw_color=pdf.text_color,
+    ):
+        yield
