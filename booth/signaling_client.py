@@ -113,7 +113,12 @@ class BoothSignalingClient:
     async def start(self) -> None:
         if self._task is not None or self.state is SignalingState.CLOSED:
             return
-        self._http = aiohttp.ClientSession()
+        # A connection attempt that gets no answer is given up after connect_timeout_s and
+        # retried: a SYN sent while the line was down would otherwise wait for the kernel's
+        # next retransmission (seconds apart after the first few).
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._config.connect_timeout_s)
+        )
         self._task = asyncio.create_task(self._run(), name="booth-signaling")
 
     async def aclose(self) -> None:

@@ -197,6 +197,7 @@ class BoothConfig(BaseSettings):
     default_language: Literal["ja", "en"] = "ja"
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 10.0
+    connect_timeout_s: float = 2.0  # one attempt to reach signaling (TCP + TLS handshake)
     heartbeat_s: float = 10.0
     call_connect_timeout_s: float = 20.0  # WebRTC must connect within this
     # Recovery from drops: no media from staff for media_loss_grace_s (or the connection

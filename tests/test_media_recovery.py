@@ -21,7 +21,6 @@ from bench.media_recovery import (
     call_state,
     line_down,
     line_up,
-    linear_syn_retries,
     next_call,
     start_booth,
     start_hq,
@@ -53,9 +52,8 @@ RECEIPT = ReceiptDocument(
 @pytest.fixture
 async def hq(lan_link: EmulatedLink, tmp_path: Path) -> AsyncIterator[HqSide]:
     restrict_host_addresses([BOOTH_ADDRESS, HQ_ADDRESS])
-    # the booth host's recommended setting (docs/architecture.md, "Recovery from drops"):
-    # signaling reconnects within about a second of the line coming back
-    await linear_syn_retries(lan_link, 20)
+    # The kernel's default SYN retransmissions: the booth's own connect timeout
+    # (connect_timeout_s) brings signaling back soon after the line returns.
     side = await lan_link.hq.run(start_hq, tmp_path)
     try:
         yield side

@@ -1128,7 +1128,9 @@ async function main() {
 
   page.me = await fetchMe();
   $("me-name").textContent = page.me.display_name;
-  page.client = new SignalingClient(page.me.signaling_url, { onMessage, onStatus });
+  // Several signaling nodes: the client moves to the next URL when one fails.
+  const urls = page.me.signaling_urls && page.me.signaling_urls.length ? page.me.signaling_urls : page.me.signaling_url;
+  page.client = new SignalingClient(urls, { onMessage, onStatus });
   page.client.start();
   window.addEventListener("pagehide", () => page.client.stop());
 }
