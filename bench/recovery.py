@@ -8,8 +8,13 @@ to the same node; that node is killed with SIGKILL (every other round it is the 
 the time until both have been welcomed again on other nodes with the same session id is
 one sample. The session is then hung up, the node restarted, and the next round begins.
 
+Then (``--outages``, default 10 of ``--outage-s`` 10 s) the media part of
+:mod:`bench.media_recovery`: the booth's line goes down completely and comes back; the
+time to the first stamped frame of the renegotiated connection at staff.
+
 Keys: ``node_failover_p50_s``, ``node_failover_p95_s`` (target ≤ 5 s), ``node_failover_max_s``,
-``leader_kills``, ``kills``, ``meets_target``."""
+``leader_kills``, ``kills``, ``recovery_p50_s``, ``recovery_p95_s`` (target ≤ 5 s), ``media``
+(the whole media_recovery result), ``meets_target`` (both)."""
 
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from typing import Any, Final
 import aiohttp
 
 from bench._load import percentile, rounded
+from bench.media_recovery import Params as MediaParams
+from bench.media_recovery import run as run_media_recovery
 from booth.signaling_client import BoothSignalingClient
 from shared import wire
 from shared.config import BoothConfig
@@ -221,16 +228,40 @@ async def run(kills: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+async def run_both(kills: int, media: MediaParams, workdir: Path) -> dict[str, Any]:
+    """Node failover (this module), then media recovery after line outages
+    (:mod:`bench.media_recovery`), in one JSON object."""
+    result: dict[str, Any] = (
+        await run(kills, workdir / "failover") if kills > 0 else {"scenario": "recovery"}
+    )
+    if media.outages > 0:
+        outcome = await run_media_recovery(media, workdir / "media")
+        result["media"] = outcome
+        result["recovery_p95_s"] = outcome["recovery_p95_s"]
+        result["recovery_p50_s"] = outcome["recovery_p50_s"]
+        result["meets_target"] = bool(result.get("meets_target", True)) and bool(
+            outcome["meets_target"]
+        )
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.recovery", description=__doc__)
-    p.add_argument("--kills", type=int, default=10)
+    p.add_argument("--kills", type=int, default=10, help="signaling nodes killed (0: none)")
+    p.add_argument("--outages", type=int, default=10, help="booth line outages (0: none)")
+    p.add_argument("--outage-s", type=float, default=10.0, help="length of each outage")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
+    for noisy in ("aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    media = MediaParams(args.outages, args.outage_s, 3.0, "station", 0)
     with tempfile.TemporaryDirectory(prefix="ekichika-bench-") as tmp:
-        result = asyncio.run(run(args.kills, Path(tmp)))
-    print(json.dumps(result))
+        (Path(tmp) / "failover").mkdir()
+        (Path(tmp) / "media").mkdir()
+        result = asyncio.run(run_both(args.kills, media, Path(tmp)))
+    print(json.dumps(result, ensure_ascii=False))
     return 0
 
 
