@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import math
 import os
@@ -24,11 +25,12 @@ import resource
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -408,3 +410,30 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def run_load_benchmark(
+    prefix: str,
+    run: Callable[[Path], Awaitable[dict[str, Any]]],
+    timeout_s: float,
+) -> int:
+    """A load benchmark's ``main``: a temporary working directory, ``run`` in a fresh event
+    loop, the result as one JSON line; exit 130 when interrupted, 2 on the overall timeout."""
+    log = logging.getLogger("bench")
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        log.info("working directory %s", tmp)
+        try:
+            result = asyncio.run(_awaited(run(Path(tmp))))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            log.error("interrupted; everything it started is stopped")
+            return 130
+        except TimeoutError as err:
+            log.error("timed out (the whole run is limited to %.0f s): %s", timeout_s, err)
+            return 2
+    json.dump(result, sys.stdout, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+async def _awaited(awaitable: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    return await awaitable

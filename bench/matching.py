@@ -27,7 +27,6 @@ import re
 import secrets
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -51,6 +50,7 @@ from bench._load import (
     raise_fd_limit,
     rounded,
     run_echo_load,
+    run_load_benchmark,
     steady_ticks,
 )
 from shared import wire
@@ -740,19 +740,9 @@ async def _main(params: Params, workdir: Path) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     params = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="ekichika-bench-matching-") as tmp:
-        log.info("working directory %s", tmp)
-        try:
-            result = asyncio.run(_main(params, Path(tmp)))
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            log.error("interrupted; everything it started is stopped")
-            return 130
-        except TimeoutError as err:
-            log.error("timed out (the whole run is limited to %.0f s): %s", params.timeout, err)
-            return 2
-    json.dump(result, sys.stdout, ensure_ascii=False)
-    sys.stdout.write("\n")
-    return 0
+    return run_load_benchmark(
+        "ekichika-bench-matching-", lambda workdir: _main(params, workdir), params.timeout
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ import secrets
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -64,6 +63,7 @@ from bench._load import (
     process_rss_mb,
     raise_fd_limit,
     rounded,
+    run_load_benchmark,
 )
 from bench.matching import BoothAccount, Population, StaffAccount, write_population
 from shared import wire
@@ -1003,19 +1003,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _serve_floor(floor.parse_args(args[1:]).port)
         return 0
     params = parse_args(args)
-    with tempfile.TemporaryDirectory(prefix="ekichika-bench-relay-") as tmp:
-        log.info("working directory %s", tmp)
-        try:
-            result = asyncio.run(_main(params, Path(tmp)))
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            log.error("interrupted; everything it started is stopped")
-            return 130
-        except TimeoutError as err:
-            log.error("timed out (the whole run is limited to %.0f s): %s", params.timeout, err)
-            return 2
-    json.dump(result, sys.stdout, ensure_ascii=False)
-    sys.stdout.write("\n")
-    return 0
+    return run_load_benchmark(
+        "ekichika-bench-relay-", lambda workdir: _main(params, workdir), params.timeout
+    )
 
 
 if __name__ == "__main__":
