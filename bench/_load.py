@@ -418,12 +418,14 @@ def run_load_benchmark(
     timeout_s: float,
 ) -> int:
     """A load benchmark's ``main``: a temporary working directory, ``run`` in a fresh event
-    loop, the result as one JSON line; exit 130 when interrupted, 2 on the overall timeout."""
+    loop under a hard time limit, the result as one JSON line. SIGINT and SIGTERM cancel the
+    run, so that every ``finally`` stops what it started (also when the parent shell ignored
+    SIGINT); exit 130 then, 2 on the time limit."""
     log = logging.getLogger("bench")
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         log.info("working directory %s", tmp)
         try:
-            result = asyncio.run(_awaited(run(Path(tmp))))
+            result = asyncio.run(_limited(run(Path(tmp)), timeout_s))
         except (KeyboardInterrupt, asyncio.CancelledError):
             log.error("interrupted; everything it started is stopped")
             return 130
@@ -435,5 +437,16 @@ def run_load_benchmark(
     return 0
 
 
-async def _awaited(awaitable: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-    return await awaitable
+async def _limited(awaitable: Awaitable[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in stop_signals:
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await awaitable
+    finally:
+        for signum in stop_signals:
+            loop.remove_signal_handler(signum)

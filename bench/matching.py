@@ -25,7 +25,6 @@ import os
 import random
 import re
 import secrets
-import signal
 import sys
 import time
 from collections import Counter, deque
@@ -721,27 +720,10 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     )
 
 
-async def _main(params: Params, workdir: Path) -> dict[str, Any]:
-    """Run with a hard time limit; SIGINT and SIGTERM cancel the run, so that every
-    ``finally`` stops what it started (also when SIGINT was ignored by the parent shell)."""
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    stop_signals = (signal.SIGINT, signal.SIGTERM)
-    for signum in stop_signals:
-        loop.add_signal_handler(signum, task.cancel)
-    try:
-        async with asyncio.timeout(params.timeout):
-            return await run(params, workdir)
-    finally:
-        for signum in stop_signals:
-            loop.remove_signal_handler(signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     params = parse_args(argv)
     return run_load_benchmark(
-        "ekichika-bench-matching-", lambda workdir: _main(params, workdir), params.timeout
+        "ekichika-bench-matching-", lambda workdir: run(params, workdir), params.timeout
     )
 
 

@@ -39,7 +39,6 @@ import math
 import os
 import secrets
 import shutil
-import signal
 import sys
 import time
 from collections import Counter
@@ -978,23 +977,6 @@ def parse_args(argv: Sequence[str] | None) -> Params:
     )
 
 
-async def _main(params: Params, workdir: Path) -> dict[str, Any]:
-    """Run with a hard time limit; SIGINT and SIGTERM cancel the run, so that every
-    ``finally`` stops what it started."""
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    stop_signals = (signal.SIGINT, signal.SIGTERM)
-    for signum in stop_signals:
-        loop.add_signal_handler(signum, task.cancel)
-    try:
-        async with asyncio.timeout(params.timeout):
-            return await run(params, workdir)
-    finally:
-        for signum in stop_signals:
-            loop.remove_signal_handler(signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["floor"]:  # the floor server, started by the benchmark
@@ -1004,7 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     params = parse_args(args)
     return run_load_benchmark(
-        "ekichika-bench-relay-", lambda workdir: _main(params, workdir), params.timeout
+        "ekichika-bench-relay-", lambda workdir: run(params, workdir), params.timeout
     )
 
 
