@@ -41,7 +41,6 @@ from booth.kiosk import create_kiosk_app
 from hq_console.app import create_app
 from hq_console.issuance.signing import LocalCaFiles
 from shared import wire
-from shared.config import ConsoleConfig
 from shared.kiosk_protocol import KioskCardStage, PinEntered
 from shared.protocol import CardBasicInfo, CardReadProgress, PrintJobRequest, PrintJobStatus
 from shared.store.db import create_engine, session_factory
@@ -52,7 +51,7 @@ from tests.call_support import staff as staff
 from tests.cups_support import CupsServer
 from tests.pcsc_support import READERS, PcscDaemon
 from tests.pcsc_support import pcscd_session as pcscd_session  # the "pcscd" fixture
-from tests.signaling_support import DEMO_PASSWORD, TOKEN_SECRET, RunningSignaling, sqlite_url
+from tests.signaling_support import DEMO_PASSWORD, RunningSignaling
 from tests.test_card_in_call import Booth
 from tests.test_card_reader import Cards
 from tests.test_card_reader import cards as cards
@@ -62,6 +61,7 @@ from tests.test_issuance_delivery import (
     _free_port,
     _open_booth,
     _pdftotext,
+    issuing_console_config,
 )
 from tests.test_issuance_delivery import ca as ca
 from tests.test_issuance_delivery import cups as cups
@@ -99,25 +99,10 @@ async def card_desk(
     pcscd: PcscDaemon,
     tmp_path: Path,
 ) -> AsyncIterator[CardDesk]:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    database_url = sqlite_url(tmp_path / "signaling.sqlite3")
-    console = web.AppRunner(
-        create_app(
-            ConsoleConfig(
-                host="127.0.0.1",
-                port=port,
-                database_url=database_url,
-                token_secret=TOKEN_SECRET,
-                signaling_url=f"{signaling.ws_url}/ws/staff",
-                issuing_key_path=str(ca.issuing_key),
-                issuing_cert_path=str(ca.issuing_cert),
-                issuing_chain_paths=[str(p) for p in ca.chain],
-                public_base_url=base,
-            )
-        ),
-        shutdown_timeout=1.0,
-    )
+    console_config = issuing_console_config(signaling, ca, tmp_path)
+    port, base = console_config.port, console_config.public_base_url
+    database_url = console_config.database_url
+    console = web.AppRunner(create_app(console_config), shutdown_timeout=1.0)
     await console.setup()
     await web.TCPSite(console, "127.0.0.1", port).start()
     queue = f"cardflow{port}"

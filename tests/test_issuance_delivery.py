@@ -131,6 +131,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def issuing_console_config(
+    signaling: RunningSignaling, ca: LocalCaFiles, tmp_path: Path, **fields: Any
+) -> ConsoleConfig:
+    """The console on a free loopback port, over the signaling server's SQLite file, issuing
+    with the test CA; ``fields`` are further ConsoleConfig fields."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    return ConsoleConfig(
+        host="127.0.0.1",
+        port=port,
+        database_url=sqlite_url(tmp_path / "signaling.sqlite3"),
+        token_secret=TOKEN_SECRET,
+        signaling_url=f"{signaling.ws_url}/ws/staff",
+        issuing_key_path=str(ca.issuing_key),
+        issuing_cert_path=str(ca.issuing_cert),
+        issuing_chain_paths=[str(p) for p in ca.chain],
+        public_base_url=base,
+        **fields,
+    )
+
+
 async def _open_booth(config: BoothConfig) -> BoothAgent:
     agent = BoothAgent(config)
     await agent.start()
@@ -155,21 +176,8 @@ async def desk_factory(
     opened: list[Desk] = []
 
     async def make(*, trust_ca: bool = True, token_ttl_s: float = 120.0) -> Desk:
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
-        database_url = sqlite_url(tmp_path / "signaling.sqlite3")
-        config = ConsoleConfig(
-            host="127.0.0.1",
-            port=port,
-            database_url=database_url,
-            token_secret=TOKEN_SECRET,
-            signaling_url=f"{signaling.ws_url}/ws/staff",
-            issuing_key_path=str(ca.issuing_key),
-            issuing_cert_path=str(ca.issuing_cert),
-            issuing_chain_paths=[str(p) for p in ca.chain],
-            public_base_url=base,
-            document_token_ttl_s=token_ttl_s,
-        )
+        config = issuing_console_config(signaling, ca, tmp_path, document_token_ttl_s=token_ttl_s)
+        port, base, database_url = config.port, config.public_base_url, config.database_url
         runner = web.AppRunner(create_app(config), shutdown_timeout=1.0)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
