@@ -111,6 +111,10 @@ window.ekichika = {
   get mediaMode() {
     return page.session ? page.session.mediaMode : null;
   },
+  /** Of the current peer connection: 0, then one more per renegotiation after a drop. */
+  get generation() {
+    return page.session ? page.session.generation : null;
+  },
   get lastError() {
     return page.lastError;
   },
