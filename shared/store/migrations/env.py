@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from shared.store.db import create_engine
@@ -12,10 +13,19 @@ from shared.store.models import Base
 
 target_metadata = Base.metadata
 
+# Several processes may migrate one PostgreSQL database at once (signaling nodes and console
+# instances starting together): each waits for this transaction-scoped advisory lock, so
+# one upgrades and the others then find the schema current. Any fixed 64-bit number.
+MIGRATION_LOCK_KEY = 0x454B494348494B41  # "EKICHIKA"
+
 
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
         context.run_migrations()
 
 
