@@ -63,6 +63,10 @@ class Node:
     def alive(self) -> bool:
         return self.process.returncode is None
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
 
 @dataclass
 class Cluster:
