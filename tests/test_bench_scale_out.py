@@ -13,9 +13,23 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
+from bench.scale_out import frame_double_assignments, requests_offered_at_once
+from shared.protocol import (
+    BoothInfo,
+    CallStarted,
+    EndReason,
+    Offer,
+    OfferWithdrawn,
+    ServerToStaff,
+    SessionEnded,
+    StaffInfo,
+    WithdrawReason,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATIONS = ("sqlite_1node", "pg_redis_1node", "pg_redis_3nodes")
@@ -26,12 +40,77 @@ RATIOS = (
     "ratio_matches_per_s_3nodes_vs_sqlite",
 )
 
-pytestmark = pytest.mark.skipif(
+needs_servers = pytest.mark.skipif(
     any(shutil.which(p) is None for p in ("initdb", "pg_ctl", "psql", "redis-server")),
     reason="needs the PostgreSQL server programs and redis-server",
 )
+BOOTH = BoothInfo(booth_id="b1", name="ブース", site_id="seiseki", site_name="聖蹟桜ヶ丘")
 
 
+def _offer(offer_id: str, request_id: str) -> Offer:
+    return Offer(
+        offer_id=offer_id,
+        request_id=request_id,
+        booth=BOOTH,
+        department="shimin",
+        language="ja",
+        requested_at=datetime.now(UTC),
+        ring_timeout_s=20,
+    )
+
+
+def _started(session_id: str, request_id: str, staff_id: str) -> CallStarted:
+    return CallStarted(
+        session_id=session_id,
+        request_id=request_id,
+        role="answerer",
+        booth=BOOTH,
+        staff=StaffInfo(staff_id=staff_id, display_name=staff_id),
+        department="shimin",
+        language="ja",
+        ice_servers=[],
+    )
+
+
+def _ended(session_id: str) -> SessionEnded:
+    return SessionEnded(session_id=session_id, reason=EndReason.HANGUP_STAFF)
+
+
+def test_the_frame_checks_count_double_assignments() -> None:
+    clean: dict[str, list[tuple[float, ServerToStaff]]] = {
+        "s1": [(1.0, _offer("o1", "r1")), (1.1, _started("x1", "r1", "s1")), (2.0, _ended("x1"))],
+        # r2 rang at s2 first, was withdrawn, then rang at s1
+        "s2": [
+            (3.0, _offer("o2", "r2")),
+            (3.5, OfferWithdrawn(offer_id="o2", reason=WithdrawReason.TIMEOUT)),
+        ],
+    }
+    clean["s1"] += [(3.6, _offer("o3", "r2")), (3.7, _started("x2", "r2", "s1"))]
+    assert requests_offered_at_once(clean) == []
+    assert frame_double_assignments(clean)["staff_double_booked_frames"] == 0
+
+    # r3 rings at s1 and s2 at the same time; s2 gets a second offer while one rings and a
+    # second call during a session.
+    double: dict[str, list[tuple[float, ServerToStaff]]] = {
+        "s1": [(1.0, _offer("o1", "r3")), (1.5, _started("x1", "r3", "s1"))],
+        "s2": [
+            (1.2, _offer("o2", "r3")),
+            (1.3, _offer("o3", "r4")),
+            (1.4, _started("x2", "r4", "s2")),
+            (1.6, _offer("o4", "r5")),
+            (1.7, _started("x3", "r5", "s2")),
+            (1.8, OfferWithdrawn(offer_id="o2", reason=WithdrawReason.TAKEN)),
+        ],
+    }
+    assert requests_offered_at_once(double) == ["r3"]
+    seen = frame_double_assignments(double)
+    assert seen["requests_offered_at_once"] == 1
+    # o3 while o2 rang; o4 during session x2; x3 during x2; o2 withdrawn after it was
+    # replaced
+    assert seen["staff_double_booked_frames"] == 4, seen["examples"]
+
+
+@needs_servers
 def _running(pid: int) -> bool:
     """The process exists and is not a zombie waiting for its parent (the PostgreSQL
     server is not the benchmark's child: init reaps it)."""
