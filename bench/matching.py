@@ -65,6 +65,7 @@ from shared.protocol import (
     OfferWithdrawn,
     RequestClosed,
     RequestHelp,
+    ServerToStaff,
     SessionEnded,
     SetState,
     StaffHello,
@@ -235,6 +236,9 @@ class Tally:
     skipped_no_idle_booth: int = 0
     all_matched: asyncio.Event = field(default_factory=asyncio.Event)
     sending_done: bool = False
+    # When not None: every offer, offer_withdrawn, call_started and session_ended each staff
+    # client received, with the time it was read (for double-booking checks).
+    staff_frames: dict[str, list[tuple[float, ServerToStaff]]] | None = None
 
     def check_done(self) -> None:
         if self.sending_done and len(self.call_ms) >= len(self.sent_at):
@@ -379,6 +383,10 @@ class StaffClient:
             if kind is not None and kind not in _STAFF_ACTS_ON:
                 continue
             message = wire.decode(wire.server_to_staff, text)
+            if tally.staff_frames is not None and isinstance(
+                message, Offer | OfferWithdrawn | CallStarted | SessionEnded
+            ):
+                tally.staff_frames.setdefault(self.account.staff_id, []).append((now, message))
             if isinstance(message, Offer):
                 sent = tally.sent_at.get(message.request_id)
                 if sent is not None and message.request_id not in tally.offer_ms:
@@ -424,6 +432,9 @@ class StaffClient:
 
 @dataclass
 class MatchingResult:
+    """The load's tally and the servers' figures (summed over the servers: CPU in percent
+    of one core, resident memory in MiB)."""
+
     tally: Tally
     server_cpu_percent: float
     server_rss_mb: float
@@ -439,33 +450,54 @@ async def _close_all(clients: Sequence[BoothClient | StaffClient], limit_s: floa
             await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
 
+def issue_tokens(population: Population, secret: str, ttl_s: float) -> dict[str, str]:
+    """A signed HQ staff token for every staff member of ``population``."""
+    return {
+        s.staff_id: issue_staff_token(secret, s.staff_id, StaffRole.HQ, ttl_s)
+        for s in population.staff
+    }
+
+
 async def run_matching_load(
     params: Params,
     population: Population,
     tokens: dict[str, str],
-    port: int,
-    server_pid: int,
+    base_urls: Sequence[str],
+    server_pids: Sequence[int],
+    *,
+    record_staff_frames: bool = False,
+    settle_s: float = 0.0,
 ) -> MatchingResult:
-    tally = Tally()
+    """Connect every staff member and booth, spread round robin over ``base_urls``
+    (``ws://host:port`` of each signaling node), and run the load of ``params``; the
+    servers' CPU and memory are measured through ``server_pids``.
+
+    ``record_staff_frames`` keeps the frames each staff client received
+    (``Tally.staff_frames``); ``settle_s`` is waited after the last match, before the
+    clients close (so that the last calls are hung up and wrapped up)."""
+    tally = Tally(staff_frames={} if record_staff_frames else None)
     rng = random.Random(params.seed)
     idle: deque[BoothClient] = deque()
     booths = [BoothClient(b, tally, idle) for b in population.booths]
     staff = [StaffClient(s, tokens[s.staff_id], tally, params.hold) for s in population.staff]
-    base = f"ws://{LOOPBACK}:{port}"
+
+    def url(i: int, path: str) -> str:
+        return f"{base_urls[i % len(base_urls)]}{path}"
+
     readers: list[asyncio.Task[None]] = []
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
         try:
             t_connect = time.perf_counter()
             await gather_limited(
-                [partial(s.connect, http, f"{base}/ws/staff") for s in staff],
+                [partial(s.connect, http, url(i, "/ws/staff")) for i, s in enumerate(staff)],
                 params.connect_concurrency,
             )
             readers += [asyncio.create_task(s.run()) for s in staff]
             await gather_limited([s.set_available for s in staff], params.connect_concurrency)
             log.info("%d staff available", len(staff))
             await gather_limited(
-                [partial(b.connect, http, f"{base}/ws/booth") for b in booths],
+                [partial(b.connect, http, url(i, "/ws/booth")) for i, b in enumerate(booths)],
                 params.connect_concurrency,
             )
             readers += [asyncio.create_task(b.run()) for b in booths]
@@ -476,8 +508,10 @@ async def run_matching_load(
             idle.extend(order)
             await asyncio.sleep(0.5)  # let the welcome-time snapshots settle
 
-            server_meter, own_meter = ResourceMeter(server_pid), ResourceMeter(os.getpid())
-            server_meter.start()
+            server_meters = [ResourceMeter(pid) for pid in server_pids]
+            own_meter = ResourceMeter(os.getpid())
+            for meter in server_meters:
+                meter.start()
             own_meter.start()
             log.info("requesting %.0f/s for %.0f s", params.rate, params.duration)
             tally.started_at = time.perf_counter()
@@ -492,7 +526,8 @@ async def run_matching_load(
             tally.check_done()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(tally.all_matched.wait(), params.drain)
-            await server_meter.stop()
+            for meter in server_meters:
+                await meter.stop()
             await own_meter.stop()
             log.info(
                 "sent %d requests, %d offers, %d calls started",
@@ -500,11 +535,13 @@ async def run_matching_load(
                 len(tally.offer_ms),
                 len(tally.call_ms),
             )
+            if settle_s > 0:
+                await asyncio.sleep(settle_s)
             return MatchingResult(
                 tally=tally,
-                server_cpu_percent=server_meter.cpu_percent,
-                server_rss_mb=server_meter.max_rss_mb,
-                server_peak_rss_mb=_peak_rss(server_pid),
+                server_cpu_percent=sum(m.cpu_percent for m in server_meters),
+                server_rss_mb=sum(m.max_rss_mb for m in server_meters),
+                server_peak_rss_mb=sum(_peak_rss(pid) for pid in server_pids),
                 loadgen_cpu_percent=own_meter.cpu_percent,
                 connect_s=connect_s,
             )
@@ -575,11 +612,7 @@ async def run(params: Params, workdir: Path) -> dict[str, Any]:
         len(population.staff),
     )
     token_secret = secrets.token_urlsafe(32)
-    token_ttl = params.timeout + 3600
-    tokens = {
-        s.staff_id: issue_staff_token(token_secret, s.staff_id, StaffRole.HQ, token_ttl)
-        for s in population.staff
-    }
+    tokens = issue_tokens(population, token_secret, params.timeout + 3600)
     port = free_port()
     config_path = workdir / "signaling.toml"
     config_path.write_text(signaling_config_toml(port, database_url, token_secret))
@@ -592,7 +625,9 @@ async def run(params: Params, workdir: Path) -> dict[str, Any]:
     try:
         await server.start()
         await server.wait_listening(LOOPBACK, port, 60)
-        matching = await run_matching_load(params, population, tokens, port, server.pid)
+        matching = await run_matching_load(
+            params, population, tokens, [f"ws://{LOOPBACK}:{port}"], [server.pid]
+        )
     except Exception:
         log.error("signaling log (tail):\n%s", server.log_tail())
         raise
@@ -620,24 +655,15 @@ def p50_by_second(t: Tally, seconds: int) -> list[float | None]:
     return [rounded(percentile(b, 50), 1) for b in buckets]
 
 
-def summarise(params: Params, m: MatchingResult, echo: dict[str, Any]) -> dict[str, Any]:
-    t = m.tally
+def load_figures(params: Params, t: Tally) -> dict[str, Any]:
+    """Requests, matches and request → offer latency of one run (the keys of the same
+    names in bench/README.md)."""
     offer_ms = list(t.offer_ms.values())
-    call_ms = list(t.call_ms.values())
-    offer_p99 = percentile(offer_ms, 99)
-    echo_p99 = echo.get("echo_p99_ms")
-    ratio = offer_p99 / echo_p99 if echo_p99 else float("nan")
     requests = len(t.sent_at)
     matches = len(t.call_ms)
     # Achieved throughput: over the sending window, or longer if the server lagged behind.
     busy_s = max(params.duration, t.last_match_at - t.started_at)
     return {
-        "scenario": SCENARIO,
-        "booths": params.booths,
-        "staff": params.staff,
-        "rate_per_s": params.rate,
-        "duration_s": params.duration,
-        "hold_s": params.hold,
         "requests": requests,
         "offers": len(offer_ms),
         "matches": matches,
@@ -645,8 +671,27 @@ def summarise(params: Params, m: MatchingResult, echo: dict[str, Any]) -> dict[s
         "skipped_no_idle_booth": t.skipped_no_idle_booth,
         "matches_per_s": rounded(matches / busy_s, 2),
         "request_to_offer_p50_ms": rounded(percentile(offer_ms, 50)),
-        "request_to_offer_p99_ms": rounded(offer_p99),
+        "request_to_offer_p99_ms": rounded(percentile(offer_ms, 99)),
         "request_to_offer_max_ms": rounded(max(offer_ms, default=float("nan"))),
+    }
+
+
+def summarise(params: Params, m: MatchingResult, echo: dict[str, Any]) -> dict[str, Any]:
+    t = m.tally
+    call_ms = list(t.call_ms.values())
+    offer_p99 = percentile(list(t.offer_ms.values()), 99)
+    echo_p99 = echo.get("echo_p99_ms")
+    ratio = offer_p99 / echo_p99 if echo_p99 else float("nan")
+    figures = load_figures(params, t)
+    requests, matches = figures["requests"], figures["matches"]
+    return {
+        "scenario": SCENARIO,
+        "booths": params.booths,
+        "staff": params.staff,
+        "rate_per_s": params.rate,
+        "duration_s": params.duration,
+        "hold_s": params.hold,
+        **figures,
         "request_to_offer_p50_ms_by_second": p50_by_second(t, math.ceil(params.duration)),
         "request_to_call_started_p50_ms": rounded(percentile(call_ms, 50)),
         "request_to_call_started_p99_ms": rounded(percentile(call_ms, 99)),

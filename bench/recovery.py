@@ -51,10 +51,10 @@ from shared.protocol import (
     StaffWelcome,
     WrapUpDone,
 )
+from tests.cluster_support import Cluster, Node, running_cluster, token
 from tests.postgres_support import PostgresServer
 from tests.redis_support import RedisServer
 from tests.signaling_support import BOOTH_CREDENTIALS, eventually, prepare_database
-from tests.test_signaling_cluster import Cluster, Node, running_cluster, token
 
 log = logging.getLogger("bench.recovery")
 

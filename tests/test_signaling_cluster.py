@@ -11,15 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
-import signal
-import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -35,7 +30,6 @@ from shared.protocol import (
     IcePayload,
     MediaConnected,
     Offer,
-    OfferWithdrawn,
     Relay,
     RequestHelp,
     SdpPayload,
@@ -52,15 +46,19 @@ from shared.store import CallSession, HelpRequest, SessionEvent, session_factory
 from shared.store.seed import upsert_booth, upsert_staff
 from signaling.cluster import LEADER_LOCK_KEY
 from signaling.server import CLOSE_DUPLICATE
-from tests.postgres_support import free_port, postgres_server, postgres_url
+from tests.cluster_support import (
+    NODE_IDS,
+    Cluster,
+    running_cluster,
+    staff_frame_problems,
+    token,
+)
+from tests.postgres_support import postgres_server, postgres_url
 from tests.redis_support import redis_server, redis_url
 from tests.signaling_support import (
     BOOTH_CREDENTIALS,
     DEMO_PASSWORD,
-    TEST_TIMINGS,
-    TOKEN_SECRET,
     StaffClient,
-    StaffTokenFactory,
     connect_booth,
     connect_staff,
     eventually,
@@ -69,144 +67,6 @@ from tests.signaling_support import (
 )
 
 __all__ = ["postgres_server", "postgres_url", "redis_server", "redis_url"]  # fixtures
-
-REPO = Path(__file__).resolve().parent.parent
-NODE_IDS = ("a", "b", "c")
-token = StaffTokenFactory(TOKEN_SECRET)
-
-
-@dataclass
-class Node:
-    node_id: str
-    port: int
-    log_path: Path
-    process: asyncio.subprocess.Process
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def alive(self) -> bool:
-        return self.process.returncode is None
-
-
-@dataclass
-class Cluster:
-    directory: Path
-    database_url: str
-    redis_url: str
-    nodes: dict[str, Node] = field(default_factory=dict)
-
-    async def start_node(self, node_id: str) -> Node:
-        port = free_port()
-        settings: dict[str, Any] = {
-            **TEST_TIMINGS,
-            "host": "127.0.0.1",
-            "port": port,
-            "node_id": node_id,
-            "database_url": self.database_url,
-            "redis_url": self.redis_url,
-            "token_secret": TOKEN_SECRET,
-            "auto_migrate": False,
-            "leader_retry_s": 0.25,
-            "node_timeout_s": 3.0,
-        }
-        path = self.directory / f"node-{node_id}.toml"
-        path.write_text(
-            "".join(f"{k} = {_toml(v)}\n" for k, v in settings.items()), encoding="utf-8"
-        )
-        log_path = self.directory / f"node-{node_id}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EKICHIKA_")}
-        with log_path.open("wb") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "signaling", "--config", str(path),
-                cwd=REPO, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file, stderr=log_file,
-            )  # fmt: skip
-        node = self.nodes[node_id] = Node(node_id, port, log_path, process)
-        return node
-
-    async def health(self, node: Node) -> dict[str, Any] | None:
-        if not node.alive:
-            return None
-        try:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(
-                    f"http://127.0.0.1:{node.port}/healthz", timeout=aiohttp.ClientTimeout(total=2)
-                ) as resp,
-            ):
-                if resp.status != 200:
-                    return None
-                body: dict[str, Any] = await resp.json()
-                return body
-        except (aiohttp.ClientError, TimeoutError):
-            return None
-
-    async def wait_serving(self, node: Node, within: float = 30.0) -> None:
-        async def serving() -> bool:
-            assert node.alive, self.log(node)
-            return await self.health(node) is not None
-
-        await eventually(serving, within=within, interval=0.1)
-
-    async def leaders(self) -> list[str]:
-        found = []
-        for node in self.nodes.values():
-            health = await self.health(node)
-            if health is not None and health["cluster"]["leader"]:
-                found.append(node.node_id)
-        return found
-
-    async def leader(self, within: float = 10.0) -> Node:
-        async def one() -> list[str] | None:
-            found = await self.leaders()
-            return found if len(found) == 1 else None
-
-        found = await eventually(one, within=within, interval=0.05)
-        return self.nodes[found[0]]
-
-    def log(self, node: Node) -> str:
-        return node.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
-
-    async def kill(self, node: Node) -> None:
-        node.process.send_signal(signal.SIGKILL)  # by its PID
-        await node.process.wait()
-
-    async def stop(self, node: Node) -> None:
-        if node.alive:
-            node.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(node.process.wait(), 15)
-            except TimeoutError:
-                node.process.send_signal(signal.SIGKILL)
-                await node.process.wait()
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@contextlib.asynccontextmanager
-async def running_cluster(tmp_path: Path, database_url: str, redis: str) -> AsyncIterator[Cluster]:
-    cluster = Cluster(tmp_path, database_url, redis)
-    try:
-        for node_id in NODE_IDS:
-            await cluster.start_node(node_id)
-        for node in cluster.nodes.values():
-            await cluster.wait_serving(node)
-        yield cluster
-    except BaseException:
-        for node in cluster.nodes.values():
-            print(f"--- node {node.node_id} ---\n{cluster.log(node)}")
-        raise
-    finally:
-        await asyncio.gather(*(cluster.stop(node) for node in cluster.nodes.values()))
 
 
 @pytest.fixture
@@ -354,25 +214,8 @@ async def _seed_many(database_url: str) -> dict[str, str]:
 def _check_staff_frames(staff_id: str, frames: list[ServerToStaff]) -> list[str]:
     """At most one offer ringing and at most one session at any time, in the order the
     staff member received them; returns the request ids of their sessions."""
-    ringing: Offer | None = None
-    in_session: str | None = None
-    requests: list[str] = []
-    for frame in frames:
-        if isinstance(frame, Offer):
-            assert ringing is None, f"{staff_id}: a second offer while one rings: {frame}"
-            assert in_session is None, f"{staff_id}: an offer during session {in_session}"
-            ringing = frame
-        elif isinstance(frame, OfferWithdrawn):
-            assert ringing is not None and frame.offer_id == ringing.offer_id
-            ringing = None
-        elif isinstance(frame, CallStarted):
-            assert ringing is not None and frame.request_id == ringing.request_id, staff_id
-            assert in_session is None, f"{staff_id}: a second session"
-            ringing, in_session = None, frame.session_id
-            requests.append(frame.request_id)
-        elif isinstance(frame, SessionEnded):
-            assert frame.session_id == in_session, staff_id
-            in_session = None
+    requests, problems = staff_frame_problems(staff_id, frames)
+    assert not problems, problems
     return requests
 
 

@@ -35,6 +35,7 @@ from shared.protocol import (
 )
 from shared.store import CallSession, SessionEvent, session_factory
 from shared.store.seed import upsert_booth
+from tests.cluster_support import Cluster, Node, running_cluster, token
 from tests.postgres_support import postgres_server, postgres_url
 from tests.redis_support import redis_server, redis_url
 from tests.signaling_support import (
@@ -44,7 +45,6 @@ from tests.signaling_support import (
     open_engine,
     prepare_database,
 )
-from tests.test_signaling_cluster import Cluster, Node, running_cluster, token
 
 __all__ = ["postgres_server", "postgres_url", "redis_server", "redis_url"]  # fixtures
 
