@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import logging
 import sys
+import threading
+import time
 
 from aiohttp import web
 
@@ -22,6 +24,7 @@ from shared.store import Site, migrate, session_factory
 from shared.store import create_engine as create_store_engine
 from shared.store.seed import seed_reference_data, upsert_booth
 from signaling.app import create_app
+from signaling.cluster import await_chain
 
 log = logging.getLogger("signaling")
 
@@ -71,8 +74,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     log.info("signaling listening on %s:%d", config.host, config.port)
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    app = create_app(config)
+    app.on_shutdown.insert(0, _start_stop_watchdog)
+    web.run_app(app, host=config.host, port=config.port, print=None)
     return 0
+
+
+STOP_REPORT_S = 10.0  # a stop still running after this is logged, with what it waits for
+
+
+async def _start_stop_watchdog(app: web.Application) -> None:
+    """A stop normally ends within seconds (the queued records are written first). One that
+    does not is logged every STOP_REPORT_S with each task still running and where it waits,
+    so that the operator (or systemd's TimeoutStopSec) knows what held it."""
+    loop = asyncio.get_running_loop()
+
+    def watch() -> None:
+        while True:
+            time.sleep(STOP_REPORT_S)
+            waiting = [
+                f"{t.get_name()}: {' → '.join(await_chain(t))}" for t in asyncio.all_tasks(loop)
+            ]
+            log.error("stop still running; waiting for: %s", " | ".join(waiting) or "nothing")
+
+    threading.Thread(target=watch, name="stop-watchdog", daemon=True).start()
 
 
 if __name__ == "__main__":

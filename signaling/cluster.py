@@ -17,12 +17,12 @@ decoding, heartbeats), but the matching core runs on one node at a time, the lea
   publishes frames for them on that node's channel, and writes the Persist records itself
   (the node's batched store, on PostgreSQL). Relays pass the leader too (it checks the
   session) and are forwarded as their text.
-* **Take-over** (phase 1). A new leader ends the sessions left open (``server_restart``),
-  loads the directory and the waiting requests from PostgreSQL, reads the stream from
-  where the last leader stopped (the cursor it kept in Redis) and announces its epoch;
-  every node then announces the connections it holds. Nodes renew a presence key every
-  second; the leader treats the connections of a node whose key expired
-  (``node_timeout_s``) as lost.
+* **Take-over.** A new leader loads the directory and the waiting requests (in their
+  order) from PostgreSQL, resumes the sessions left open (same ids; both parties count as
+  lost until they are back), reads the stream from where the last leader stopped (the
+  cursor it kept in Redis) and announces its epoch; every node then announces the
+  connections it holds. Nodes renew a presence key every second; the leader treats the
+  connections of a node whose key expired (``node_timeout_s``) as lost.
 
 Keys (prefix ``cluster_key_prefix``): ``:events`` (stream), ``:cursor`` (last event the
 leader handled), ``:leader`` (epoch and node), ``:node:<id>`` (presence); channels
@@ -96,6 +96,7 @@ log = logging.getLogger(__name__)
 LEADER_LOCK_KEY: Final = 0x456B_6963_6869_6B61  # "Ekichika": the advisory lock of the leader
 READ_BATCH: Final = 500  # events per XREAD
 PRESENCE_EVERY_S: Final = 1.0
+STOP_TASK_WAIT_S: Final = 3.0  # on stop, for each of the node's tasks to end
 # Records that change what a new leader resumes: committed before the frames of their round.
 _DURABLE: Final = (SessionOpened, SessionClosed, RequestStatusChanged)
 
@@ -148,6 +149,18 @@ def asyncpg_dsn(database_url: str) -> str:
     if not url.drivername.startswith("postgresql"):
         raise ConfigError("several signaling nodes (redis_url) need a PostgreSQL database_url")
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def await_chain(task: asyncio.Task[Any]) -> list[str]:
+    """Where a suspended task waits: each coroutine of its await chain, outermost first."""
+    chain: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None and len(chain) < 30:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return chain or [repr(task)]
 
 
 async def _redis(call: Awaitable[Any] | Any) -> Any:
@@ -224,22 +237,51 @@ class ClusterNode:
         if self._closed:
             return
         self._closed = True
+        # The leader's term and the subscription end by themselves at their next read;
+        # cancelling a blocked Redis read does not always end it.
+        natural = [t for t in self._tasks if t.get_name() == "cluster-listen"]
+        if self.leader is not None:
+            self.leader.stopping = True
+            if self.leader.task is not None:
+                natural.append(self.leader.task)
+        if natural:
+            await asyncio.wait(natural, timeout=STOP_TASK_WAIT_S)
         for task in reversed(self._tasks):
-            if task.get_name() == "cluster-send":
-                continue
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.get_name() != "cluster-send":
+                await self._stop_task(task)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 await self._send_pending()
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await self._stop_task(task)
         with contextlib.suppress(Exception):
-            await _redis(self._redis.delete(self.keys.node(self.node_id)))
-        await self._redis.aclose()
+            async with asyncio.timeout(2.0):
+                await _redis(self._redis.delete(self.keys.node(self.node_id)))
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await self._redis.aclose()
+
+    async def _stop_task(self, task: asyncio.Task[None]) -> None:
+        """Cancel one of the node's tasks and wait for it, but not for ever: a task still
+        running after STOP_TASK_WAIT_S is logged with where it waits, and left behind (the
+        process is exiting), so that a stop never hangs."""
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=STOP_TASK_WAIT_S)
+        if not done:
+            waiting = [
+                f"{t.get_name()} at {' → '.join(await_chain(t))}"
+                for t in asyncio.all_tasks()
+                if t.get_name().startswith("cluster-")
+            ]
+            self.log.warning(
+                "task %s did not stop within %.0f s; leaving it (%s)",
+                task.get_name(),
+                STOP_TASK_WAIT_S,
+                "; ".join(waiting),
+            )
+            return
+        if not task.cancelled() and task.exception() is not None:
+            self.log.warning("task %s ended with %r", task.get_name(), task.exception())
 
     def status(self) -> dict[str, Any]:
         return {"node": self.node_id, "leader": self.leader is not None, "epoch": self.epoch}
@@ -313,7 +355,7 @@ class ClusterNode:
 
     async def _listen(self, pubsub: Any) -> None:
         try:
-            while True:
+            while not self._closed:  # ends within get_message's timeout once closed
                 try:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 except Exception as err:
@@ -392,7 +434,7 @@ class ClusterNode:
     # ------------------------------------------------------------------ leadership
 
     async def _elect_loop(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 lock_conn = await asyncpg.connect(
                     self._dsn,
@@ -433,7 +475,7 @@ class ClusterNode:
             self.log.info(
                 "leading from epoch %d (took over in %.2f s)", epoch, time.monotonic() - started
             )
-            run = asyncio.create_task(leader.run(), name="cluster-leader")
+            run = leader.task = asyncio.create_task(leader.run(), name="cluster-leader")
             try:
                 while not run.done():
                     await asyncio.wait({run}, timeout=self.config.leader_retry_s)
@@ -443,11 +485,14 @@ class ClusterNode:
                             lock_conn.fetchval("SELECT 1"), self.config.node_timeout_s
                         )
             finally:
-                run.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await run
-            run.result()
+                leader.stopping = True
+                if not (await asyncio.wait({run}, timeout=STOP_TASK_WAIT_S / 2))[0]:
+                    run.cancel()
+                    await asyncio.wait({run}, timeout=STOP_TASK_WAIT_S / 2)
+            if run.done() and not run.cancelled():
+                run.result()  # the leader's error, if any
         finally:
+            await leader.aclose()
             self.leader = None
             self.log.info("no longer leading (epoch %d)", epoch)
 
@@ -462,6 +507,13 @@ class Leader:
         self.server = node.server
         self.log = node.log
         self._redis = node._redis
+        # The event stream is read on a connection of this term's own, which ending the
+        # term closes (a read blocked in XREAD then ends with it).
+        self._stream: Redis = Redis.from_url(self.config.redis_url, decode_responses=True)
+        # Set to end the term: run() returns after the read in progress (one push interval
+        # at most). Cancelling a read blocked in XREAD does not always end it (redis-py).
+        self.stopping = False
+        self.task: asyncio.Task[None] | None = None
         self._keys = node.keys
         self.dispatcher: Dispatcher | None = None
         self.cursor = "0-0"
@@ -477,6 +529,11 @@ class Leader:
     def d(self) -> Dispatcher:
         assert self.dispatcher is not None
         return self.dispatcher
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await self._stream.aclose()
 
     async def take_over(self) -> None:
         """Load the state from PostgreSQL and announce the epoch. The waiting requests
@@ -512,14 +569,14 @@ class Leader:
         push_every = max(0.01, self.config.queue_push_interval_s)
         next_push = loop.time() + push_every
         next_presence = loop.time() + PRESENCE_EVERY_S
-        while True:
+        while not self.stopping:
             wait = next_push - loop.time()
             deadline = self.d.next_deadline()
             if deadline is not None:
                 wait = min(wait, deadline - time.time())
             block_ms = max(1, round(wait * 1000))
             streams: dict[Any, Any] = {self._keys.events: self.cursor}
-            reply = await _redis(self._redis.xread(streams, count=READ_BATCH, block=block_ms))
+            reply = await _redis(self._stream.xread(streams, count=READ_BATCH, block=block_ms))
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
                     self.cursor = entry_id

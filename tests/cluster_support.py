@@ -155,8 +155,17 @@ class Cluster:
             try:
                 await asyncio.wait_for(node.process.wait(), 15)
             except TimeoutError:
+                print(
+                    f"--- node {node.node_id} did not stop within 15 s of SIGTERM; killed ---\n"
+                    f"{self.log(node)}",
+                    file=sys.stderr,
+                )
                 node.process.send_signal(signal.SIGKILL)
                 await node.process.wait()
+            else:
+                log = self.log(node)
+                if "did not stop within" in log:  # signaling.cluster left a task behind
+                    print(f"--- node {node.node_id}: slow stop ---\n{log}", file=sys.stderr)
 
 
 def _toml(value: Any) -> str:
