@@ -5,10 +5,17 @@ decoding, heartbeats), but the matching core runs on one node at a time, the lea
 
 * **Leadership.** Each node tries ``pg_try_advisory_lock`` on a fixed key every
   ``leader_retry_s`` on a connection of its own. The holder leads until that connection
-  fails (PostgreSQL frees the lock when the process dies, even on SIGKILL). Each term has
-  an *epoch*: the transaction id PostgreSQL assigns when the lock is taken, which only
-  grows. Every frame the leader sends carries it, and a node ignores frames from an
-  epoch older than the newest it has seen.
+  fails (PostgreSQL frees the lock when the process dies, even on SIGKILL, and when the
+  connection stays idle for ``node_timeout_s``: a paused or cut-off leader loses it).
+  Each term has an *epoch*: the transaction id PostgreSQL assigns when the lock is taken,
+  which only grows.
+* **Fencing.** A new leader claims its epoch in PostgreSQL (``signaling_leader``) and in
+  Redis (``:epoch``) before it loads anything. Every batch of records a leader writes
+  checks the PostgreSQL epoch in its own transaction, and its frames and stream cursor
+  are published by a script that checks the Redis one, so a leader whose term ended
+  without its noticing (it was paused, or cut off from PostgreSQL) writes and sends
+  nothing more: it stops at its next write. Frames also carry the epoch, and a node
+  ignores frames from an epoch older than the newest it has seen.
 * **Events.** A node appends every event of its connections (connected, disconnected,
   each message as the text it came in) to one Redis stream (XADD, trimmed to about
   ``cluster_stream_max_events``). Only the leader reads it (XREAD), in order, and feeds
@@ -25,8 +32,9 @@ decoding, heartbeats), but the matching core runs on one node at a time, the lea
   connections of a node whose key expired (``node_timeout_s``) as lost.
 
 Keys (prefix ``cluster_key_prefix``): ``:events`` (stream), ``:cursor`` (last event the
-leader handled), ``:leader`` (epoch and node), ``:node:<id>`` (presence); channels
-``:to:<node id>`` (frames for a node) and ``:leaders`` (a new epoch).
+leader handled), ``:leader`` (epoch and node), ``:epoch`` (the newest epoch: the fence),
+``:node:<id>`` (presence); channels ``:to:<node id>`` (frames for a node) and
+``:leaders`` (a new epoch).
 """
 
 from __future__ import annotations
@@ -89,7 +97,7 @@ from signaling.server import (
     SignalingServer,
     _error_message,
 )
-from signaling.store import BoothAccount, StaffAccount
+from signaling.store import BoothAccount, Fenced, StaffAccount
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +107,29 @@ PRESENCE_EVERY_S: Final = 1.0
 STOP_TASK_WAIT_S: Final = 3.0  # on stop, for each of the node's tasks to end
 # Records that change what a new leader resumes: committed before the frames of their round.
 _DURABLE: Final = (SessionOpened, SessionClosed, RequestStatusChanged)
+# The leadership term in PostgreSQL: claimed by a new leader, checked by every write.
+_CLAIM_TERM: Final = """
+INSERT INTO signaling_leader (id, epoch, node_id, since) VALUES (1, $1, $2, now())
+ON CONFLICT (id) DO UPDATE
+    SET epoch = EXCLUDED.epoch, node_id = EXCLUDED.node_id, since = EXCLUDED.since
+    WHERE signaling_leader.epoch < EXCLUDED.epoch
+RETURNING epoch
+"""
+# The same in Redis. KEYS: epoch, leader; ARGV: epoch, LeaderChanged. 1 if claimed.
+_CLAIM_EPOCH: Final = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+# A leader's round: frames to nodes, then the cursor, unless a newer term has started.
+# KEYS: epoch, cursor; ARGV: epoch, cursor, then channel and message pairs. 1 if sent.
+_PUBLISH_ROUND: Final = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > tonumber(ARGV[1]) then return 0 end
+for i = 3, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
 
 
 class EventKind(StrEnum):
@@ -173,6 +204,7 @@ class Keys:
         self.events = f"{prefix}:events"
         self.cursor = f"{prefix}:cursor"
         self.leader = f"{prefix}:leader"
+        self.epoch = f"{prefix}:epoch"
         self.leaders = f"{prefix}:leaders"
         self._prefix = prefix
 
@@ -214,6 +246,7 @@ class ClusterNode:
         self.leader: Leader | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        server.store.on_fenced = self._fenced
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -282,6 +315,12 @@ class ClusterNode:
             return
         if not task.cancelled() and task.exception() is not None:
             self.log.warning("task %s ended with %r", task.get_name(), task.exception())
+
+    def _fenced(self, epoch: int) -> None:
+        """Records of the term ``epoch`` were refused: a newer leader has taken over."""
+        leader = self.leader
+        if leader is not None and leader.epoch == epoch:
+            leader.fence(f"the database holds a newer leadership term than epoch {epoch}")
 
     def status(self) -> dict[str, Any]:
         return {"node": self.node_id, "leader": self.leader is not None, "epoch": self.epoch}
@@ -437,11 +476,7 @@ class ClusterNode:
         while not self._closed:
             try:
                 lock_conn = await asyncpg.connect(
-                    self._dsn,
-                    timeout=10,
-                    server_settings={
-                        "application_name": f"ekichika-signaling leader {self.node_id}"
-                    },
+                    self._dsn, timeout=10, server_settings=self._lock_settings()
                 )
             except Exception as err:
                 self.log.warning("no PostgreSQL connection for the leadership (%s)", err)
@@ -453,7 +488,10 @@ class ClusterNode:
                         break
                     await asyncio.sleep(self.config.leader_retry_s)
                 epoch = int(await lock_conn.fetchval("SELECT pg_current_xact_id()::text::bigint"))
-                await self._lead(lock_conn, epoch)
+                if await lock_conn.fetchval(_CLAIM_TERM, epoch, self.node_id) is None:
+                    self.log.warning("epoch %d is older than the one stored; not leading", epoch)
+                else:
+                    await self._lead(lock_conn, epoch)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
@@ -466,24 +504,48 @@ class ClusterNode:
                     lock_conn.terminate()
             await asyncio.sleep(self.config.leader_retry_s)
 
+    def _lock_settings(self) -> dict[str, str]:
+        """Of the leadership's connection: PostgreSQL ends it (freeing the lock) when it
+        stays idle or its peer stays silent for about ``node_timeout_s``, so that a leader
+        paused or cut off does not keep the lock for ever; the leader uses it every
+        ``leader_retry_s``."""
+        timeout_s = max(self.config.node_timeout_s, 4 * self.config.leader_retry_s)
+        keepalive_s = max(1, round(timeout_s / 3))
+        return {
+            "application_name": f"ekichika-signaling leader {self.node_id}",
+            "idle_session_timeout": str(max(1000, round(timeout_s * 1000))),
+            "tcp_keepalives_idle": str(keepalive_s),
+            "tcp_keepalives_interval": str(keepalive_s),
+            "tcp_keepalives_count": "2",
+        }
+
+    async def _hold(self, lock_conn: asyncpg.Connection, task: asyncio.Task[None]) -> None:
+        """Wait for ``task`` while using the leadership's connection every
+        ``leader_retry_s``: the lock lives as long as the connection does."""
+        while not task.done():
+            await asyncio.wait({task}, timeout=self.config.leader_retry_s)
+            if not task.done():
+                await asyncio.wait_for(lock_conn.fetchval("SELECT 1"), self.config.node_timeout_s)
+
     async def _lead(self, lock_conn: asyncpg.Connection, epoch: int) -> None:
         started = time.monotonic()
         leader = Leader(self, epoch)
         self.leader = leader
         try:
-            await leader.take_over()
+            taking = asyncio.create_task(leader.take_over(), name="cluster-take-over")
+            try:
+                await self._hold(lock_conn, taking)
+            finally:
+                if not taking.done():
+                    taking.cancel()
+                    await asyncio.wait({taking}, timeout=STOP_TASK_WAIT_S)
+            taking.result()
             self.log.info(
                 "leading from epoch %d (took over in %.2f s)", epoch, time.monotonic() - started
             )
             run = leader.task = asyncio.create_task(leader.run(), name="cluster-leader")
             try:
-                while not run.done():
-                    await asyncio.wait({run}, timeout=self.config.leader_retry_s)
-                    if not run.done():
-                        # The lock lives as long as this connection does.
-                        await asyncio.wait_for(
-                            lock_conn.fetchval("SELECT 1"), self.config.node_timeout_s
-                        )
+                await self._hold(lock_conn, run)
             finally:
                 leader.stopping = True
                 if not (await asyncio.wait({run}, timeout=STOP_TASK_WAIT_S / 2))[0]:
@@ -524,6 +586,15 @@ class Leader:
         self._out: dict[str, list[Delivery]] = defaultdict(list)
         self._heard: dict[str, float] = {}  # node id -> when its last event was read
         self._durable = False  # records of this round must be stored before its frames
+        self.fenced = False  # a newer term has started: nothing more is written or sent
+        self._publish_round = self._redis.register_script(_PUBLISH_ROUND)
+
+    def fence(self, why: str) -> None:
+        """End this term at once: a newer leader has taken over."""
+        if not self.fenced:
+            self.log.error("leadership of epoch %d has ended: %s; stopping", self.epoch, why)
+        self.fenced = True
+        self.stopping = True
 
     @property
     def d(self) -> Dispatcher:
@@ -559,10 +630,12 @@ class Leader:
             self.log.info("%d sessions of the previous leader resumed", resumed)
         cursor = await _redis(self._redis.get(self._keys.cursor))
         self.cursor = cursor or "0-0"
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._keys.leader, change.model_dump_json())
-            pipe.publish(self._keys.leaders, change.model_dump_json())
-            await pipe.execute()
+        claim = self._redis.register_script(_CLAIM_EPOCH)
+        announced = change.model_dump_json()
+        keys = [self._keys.epoch, self._keys.leader]
+        if not await claim(keys=keys, args=[self.epoch, announced]):
+            raise Fenced(f"Redis holds a newer leadership term than epoch {self.epoch}")
+        await _redis(self._redis.publish(self._keys.leaders, announced))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -754,7 +827,8 @@ class Leader:
             self._route(d.request_help(booth_id, *args, now))
             return
         actions = d.request_help(booth_id, *args, now)
-        stored = self.server.store.insert_request(d.new_request_record(booth_id, *args, now))
+        record = d.new_request_record(booth_id, *args, now)
+        stored = self.server.store.insert_request(record, self.epoch)
         self._durable = True
         stored.add_done_callback(
             lambda done: self._request_stored(booth_id, message.request_id, done)
@@ -768,7 +842,7 @@ class Leader:
         self._route(actions)
 
     def _request_stored(self, booth_id: str, request_id: str, done: asyncio.Future[None]) -> None:
-        if done.cancelled() or done.exception() is None:
+        if done.cancelled() or done.exception() is None or isinstance(done.exception(), Fenced):
             return
         self.log.error("booth %s: request %s could not be stored", booth_id, request_id)
         try:
@@ -790,7 +864,7 @@ class Leader:
         encoded: dict[int, str] = {}
         for action in actions:
             if isinstance(action, Persist):
-                self.server.store.record(action.record)
+                self.server.store.record(action.record, self.epoch)
                 self.server._observe(action.record)
                 if isinstance(action.record, _DURABLE):
                     self._durable = True
@@ -831,12 +905,13 @@ class Leader:
             self._durable = False
             await self.server.store.flush()
         out, self._out = self._out, defaultdict(list)
-        if not out and self.cursor == self._saved_cursor:
+        if self.fenced or (not out and self.cursor == self._saved_cursor):
             return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for node_id, items in out.items():
-                batch = Deliveries(epoch=self.epoch, leader=self.node.node_id, items=items)
-                pipe.publish(self._keys.to(node_id), batch.model_dump_json())
-            pipe.set(self._keys.cursor, self.cursor)
-            await pipe.execute()
+        args: list[Any] = [self.epoch, self.cursor]
+        for node_id, items in out.items():
+            batch = Deliveries(epoch=self.epoch, leader=self.node.node_id, items=items)
+            args += [self._keys.to(node_id), batch.model_dump_json()]
+        if not await self._publish_round(keys=[self._keys.epoch, self._keys.cursor], args=args):
+            self.fence(f"Redis holds a newer leadership term than epoch {self.epoch}")
+            return
         self._saved_cursor = self.cursor

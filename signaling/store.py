@@ -5,6 +5,12 @@ through one writer task that takes every record queued since its last round and 
 them in a single transaction (one statement per kind of record), so the hot path only
 appends to a queue: a new request is matched while its row is being written.
 
+Several signaling nodes: the leader passes its epoch with each record, and a batch of
+records of an epoch is written only while ``signaling_leader`` still holds that epoch
+(checked under a share lock in the batch's own transaction, so a new leader's claim waits
+for a batch in progress and every later batch sees it). Records of an ended term are
+dropped, and :attr:`SignalingStore.on_fenced` is told.
+
 A request the database refuses (its id was used before) is reported through the future
 :meth:`SignalingStore.insert_request` returns; every later record about that request is
 dropped instead of being attached to the older row. A crash between matching and the
@@ -20,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, cast
@@ -35,6 +42,7 @@ from shared.store import (
     CallSession,
     HelpRequest,
     SessionEvent,
+    SignalingLeader,
     Site,
     Staff,
     create_engine,
@@ -61,6 +69,10 @@ MAX_BATCH: Final = 500
 
 class RequestIdTaken(EkichikaError):
     """A help request with this id is already stored."""
+
+
+class Fenced(EkichikaError):
+    """A newer leadership term has started: records of the older one are not written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +117,7 @@ class OpenSession:
 class _Item:
     record: Record | None  # None: a flush barrier
     done: asyncio.Future[None] | None
+    epoch: int | None = None  # several nodes: the leadership term the record is of
 
 
 class SignalingStore:
@@ -118,6 +131,8 @@ class SignalingStore:
         self._closed = False
         # requests (and their sessions) whose row was refused: later records are dropped
         self._refused = _Refused()
+        # Called with the epoch when records of an ended leadership term were dropped.
+        self.on_fenced: Callable[[int], None] | None = None
 
     async def start(self) -> None:
         if self._writer is None:
@@ -232,19 +247,21 @@ class SignalingStore:
 
     # ------------------------------------------------------------------ writes
 
-    def insert_request(self, record: NewRequest) -> asyncio.Future[None]:
+    def insert_request(self, record: NewRequest, epoch: int | None = None) -> asyncio.Future[None]:
         """Queue a new help request; the future completes when it is committed, or fails
-        with :class:`RequestIdTaken` when the id is already used."""
+        with :class:`RequestIdTaken` when the id is already used (:class:`Fenced` when
+        ``epoch`` has ended)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._put(_Item(record, done))
+        self._put(_Item(record, done, epoch))
         return done
 
-    def record(self, record: Record) -> None:
-        """Queue a record; it is committed with the next batch."""
+    def record(self, record: Record, epoch: int | None = None) -> None:
+        """Queue a record; it is committed with the next batch (only while the leadership
+        term ``epoch`` lasts, when given)."""
         if self._writer is None or self._closed:
             log.warning("store closed; dropped a %s record", type(record).__name__)
             return
-        self._put(_Item(record, None))
+        self._put(_Item(record, None, epoch))
 
     async def flush(self) -> None:
         """Return once everything queued before the call is committed."""
@@ -264,20 +281,28 @@ class SignalingStore:
             batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._write_batch(batch)
+            for epoch, run in _by_epoch(batch):
+                await self._write_batch(run, epoch)
 
-    async def _write_batch(self, batch: list[_Item]) -> None:
+    async def _write_batch(self, batch: list[_Item], epoch: int | None = None) -> None:
         items = [i for i in batch if i.record is not None]
         failures: dict[int, BaseException] = {}
         try:
             async with self._engine.begin() as conn:
+                await _check_fence(conn, epoch)
                 failures = await _apply_all(conn, items, self._refused)
+        except Fenced as err:
+            log.error("%s; %d records of that term dropped", err, len(items))
+            failures = dict.fromkeys(range(len(items)), err)
+            if self.on_fenced is not None and epoch is not None:
+                self.on_fenced(epoch)
         except Exception:
             log.exception("batch of %d records failed; writing them one by one", len(items))
             failures = {}
             for index, item in enumerate(items):
                 try:
                     async with self._engine.begin() as conn:
+                        await _check_fence(conn, epoch)
                         error = (await _apply_all(conn, [item], self._refused)).get(0)
                     if error is not None:
                         failures[index] = error
@@ -301,6 +326,7 @@ def _table(model: type[Base]) -> Table:
 
 
 _REQUESTS = _table(HelpRequest)
+_LEADER = _table(SignalingLeader)
 _SESSIONS = _table(CallSession)
 _EVENTS = _table(SessionEvent)
 
@@ -322,6 +348,31 @@ _SET_CLOSED = (
 _SET_NOTE = (
     update(_SESSIONS).where(_SESSIONS.c.id == bindparam("b_id")).values(note=bindparam("b_note"))
 )
+
+
+_FENCE = select(_LEADER.c.epoch).where(_LEADER.c.id == 1).with_for_update(read=True)
+
+
+async def _check_fence(conn: AsyncConnection, epoch: int | None) -> None:
+    """Fenced unless the leadership term ``epoch`` (None: no term) is still the newest; the
+    share lock keeps a new leader from claiming the term until this transaction ends."""
+    if epoch is None:
+        return
+    newest = (await conn.execute(_FENCE)).scalar()
+    if newest != epoch:
+        raise Fenced(f"leadership epoch {epoch} has ended (the newest is {newest})")
+
+
+def _by_epoch(batch: list[_Item]) -> list[tuple[int | None, list[_Item]]]:
+    """The batch as runs of records of the same leadership term, in order (a flush barrier
+    goes with the run before it)."""
+    runs: list[tuple[int | None, list[_Item]]] = []
+    for item in batch:
+        if runs and (item.record is None or item.epoch == runs[-1][0]):
+            runs[-1][1].append(item)
+        else:
+            runs.append((item.epoch, [item]))
+    return runs
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -127,6 +128,19 @@ class CallSession(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)  # EndReason
     note: Mapped[str | None] = mapped_column(Text, nullable=True)  # wrap-up note
+
+
+class SignalingLeader(Base):
+    """The leadership term of several signaling nodes (one row, ``id`` 1): the newest
+    epoch. A leader claims it when its term starts, and every batch of records it writes
+    checks it under a share lock, so that a leader whose term has ended (it was paused or
+    cut off while another took over) cannot write any more."""
+
+    __tablename__ = "signaling_leader"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    node_id: Mapped[str] = mapped_column(String(64))
+    since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class SessionEvent(Base):
