@@ -438,6 +438,10 @@ class BoothAgent:
                 await call.lose_session("the call ended while the booth was disconnected")
             else:
                 call.on_signaling_back()  # a lost media path is renegotiated at once
+        elif welcome.session_id is not None and call is not None and call.state in WAITING_STATES:
+            # Matched while the booth was disconnected (or its call_started was lost with a
+            # signaling node): the server sends call_started after this welcome.
+            logger.info("session %s of the waiting request follows", welcome.session_id)
         elif welcome.session_id is not None:
             lost = next(
                 (c for c in self.calls if c.session_id == welcome.session_id and c.media_lost),

@@ -329,13 +329,39 @@ class RemoteCounterCall:
     # ---------------------------------------------------------------- the video call
 
     async def on_call_started(self, started: CallStarted) -> None:
-        if started.request_id != self.request_id or self.state not in WAITING_STATES:
+        if started.request_id != self.request_id:
+            return
+        if self.state is CallState.CONNECTING and self.started is not None:
+            await self._offer_again(started)
+            return
+        if self.state not in WAITING_STATES:
             return
         self.started = started
         self._set(CallState.CONNECTING, f"staff {started.staff.staff_id} accepted")
         self._spawn(self._connect_timeout())
         try:
             await self._open_peer(started, generation=0)
+        except Exception as err:
+            logger.exception("call %s: could not create the WebRTC offer", self.request_id)
+            await self._media_failed(f"offer failed: {type(err).__name__}")
+
+    async def _offer_again(self, started: CallStarted) -> None:
+        """``call_started`` once more for the session being set up: the server sends it
+        after a reconnect while the media has never connected, and the offer (or the
+        answer) may have been lost with the old signaling connection, or the staff page
+        may only now know the session. Unless an answer came, a fresh peer connection is
+        offered (the next generation) with the fresh ICE servers."""
+        assert self.started is not None
+        if started.session_id != self.started.session_id or started.role != "offerer":
+            return
+        pc = self._pc
+        if pc is not None and pc.remoteDescription is not None:
+            return  # answered: ICE goes on
+        self.started = started
+        logger.info("call %s: offering again after call_started was repeated", self.request_id)
+        try:
+            await self._retire_peer()
+            await self._open_peer(started, self.generation + 1)
         except Exception as err:
             logger.exception("call %s: could not create the WebRTC offer", self.request_id)
             await self._media_failed(f"offer failed: {type(err).__name__}")

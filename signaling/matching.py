@@ -540,6 +540,7 @@ class Dispatcher:
                 ),
             )
         )
+        out.extend(self._started_again(booth.session_id, Side.BOOTH))
         if booth.request_id is not None:
             req = self.waiting[booth.request_id]
             req.last_status = None
@@ -702,6 +703,8 @@ class Dispatcher:
                 ),
             )
         )
+        if member.state is StaffState.IN_CALL:
+            out.extend(self._started_again(member.session_id, Side.STAFF))
         snapshot = self._snapshot_for(member, {})
         if snapshot is not None:
             out.append(ToStaff(staff_id, snapshot))
@@ -807,24 +810,38 @@ class Dispatcher:
         self._set_booth_state(booth, BoothState.IN_CALL, now)
         self._set_staff_state(member, StaffState.IN_CALL, now, out)
         ice = self._ice_servers(session.session_id)
-        for side, role in ((Side.BOOTH, "offerer"), (Side.STAFF, "answerer")):
-            started = CallStarted(
-                session_id=session.session_id,
-                request_id=req.request_id,
-                role=role,
-                booth=booth.info,
-                staff=member.info,
-                department=req.department,
-                language=req.language,
-                ice_servers=ice,
-            )
-            out.append(
-                ToBooth(booth.info.booth_id, started)
-                if side is Side.BOOTH
-                else ToStaff(staff_id, started)
-            )
+        out.append(ToBooth(booth.info.booth_id, self._call_started(session, Side.BOOTH, ice)))
+        out.append(ToStaff(staff_id, self._call_started(session, Side.STAFF, ice)))
         self._match(now, out)
         return out
+
+    def _call_started(
+        self, session: SessionState, side: Side, ice: list[IceServer] | None = None
+    ) -> CallStarted:
+        """The ``call_started`` of ``session`` for one side (the booth offers)."""
+        return CallStarted(
+            session_id=session.session_id,
+            request_id=session.request_id,
+            role="offerer" if side is Side.BOOTH else "answerer",
+            booth=self.booths[session.booth_id].info,
+            staff=self.staff[session.staff_id].info,
+            department=session.department,
+            language=session.language,
+            ice_servers=self._ice_servers(session.session_id) if ice is None else ice,
+        )
+
+    def _started_again(self, session_id: str | None, side: Side) -> list[Action]:
+        """After a welcome: ``call_started`` once more while the session's media has never
+        connected. The party may not have heard of the session at all (a leader that
+        stored a match died before it told anyone), or its offer or answer may have been
+        lost with its connection; a party that knows the session goes on with it."""
+        session = self.sessions.get(session_id) if session_id is not None else None
+        if session is None or not session.active or session.connected_at is not None:
+            return []
+        started = self._call_started(session, side)
+        if side is Side.BOOTH:
+            return [ToBooth(session.booth_id, started)]
+        return [ToStaff(session.staff_id, started)]
 
     def decline(self, staff_id: str, offer_id: str, now: float) -> list[Action]:
         member = self.staff[staff_id]

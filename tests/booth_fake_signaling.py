@@ -72,6 +72,7 @@ class FakeSignaling:
         self.staff_online = 2
         self.refuse_with: ErrorCode | None = None
         self.report_pending: str | None = None  # pending_request_id for the next welcome
+        self.report_session: str | None = None  # session_id for the next welcome
         self.received: list[BoothToServer] = []
         self.hellos = 0
         self.relays: asyncio.Queue[Relay] = asyncio.Queue()
@@ -128,10 +129,10 @@ class FakeSignaling:
         assert self._ws is not None, "no booth connected"
         await self._ws.send_str(wire.encode(message))
 
-    async def start_call(self, request_id: str) -> CallStarted:
+    async def start_call(self, request_id: str, session_id: str | None = None) -> CallStarted:
         self._sessions += 1
         started = CallStarted(
-            session_id=f"s{self._sessions}",
+            session_id=session_id or f"s{self._sessions}",
             request_id=request_id,
             role="offerer",
             booth=BOOTH,
@@ -165,6 +166,7 @@ class FakeSignaling:
             languages=["ja", "en"],
             heartbeat_s=5.0,
             pending_request_id=self.report_pending,
+            session_id=self.report_session,
         )
         await ws.send_str(wire.encode(welcome))
         async with self._changed:
@@ -256,7 +258,9 @@ class AnsweringStaff:
         await self.server.send(
             Relay(
                 session_id=session_id,
-                payload=SdpPayload(sdp_type="answer", sdp=pc.localDescription.sdp),
+                payload=SdpPayload(
+                    sdp_type="answer", sdp=pc.localDescription.sdp, generation=offer.generation
+                ),
             )
         )
 

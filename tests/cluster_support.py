@@ -31,7 +31,14 @@ from typing import Any, Final
 
 import aiohttp
 
-from shared.protocol import CallStarted, Offer, OfferWithdrawn, ServerToStaff, SessionEnded
+from shared.protocol import (
+    CallStarted,
+    Offer,
+    OfferWithdrawn,
+    ServerToStaff,
+    SessionEnded,
+    StaffWelcome,
+)
 from tests.postgres_support import free_port
 from tests.signaling_support import TEST_TIMINGS, TOKEN_SECRET, StaffTokenFactory, eventually
 
@@ -207,13 +214,27 @@ def staff_frame_problems(
 ) -> tuple[list[str], list[str]]:
     """Walk the frames one staff client received, in order: at most one offer may ring and
     at most one session may be open at any time. Returns the request ids of their sessions
-    and a description of every frame that broke the rule (empty: no double booking)."""
+    and a description of every frame that broke the rule (empty: no double booking).
+    A welcome may name the session the staff member is in; ``call_started`` repeated for
+    the open session (after a reconnect, before its media connected) is no new session."""
     ringing: Offer | None = None
     in_session: str | None = None
+    started: set[str] = set()
     requests: list[str] = []
     problems: list[str] = []
     for frame in frames:
-        if isinstance(frame, Offer):
+        if isinstance(frame, StaffWelcome):
+            if frame.session_id is not None:
+                in_session = frame.session_id
+        elif isinstance(frame, CallStarted) and frame.session_id in started:
+            if frame.session_id != in_session:
+                problems.append(f"{staff_id}: call_started again for a closed session: {frame}")
+        elif isinstance(frame, CallStarted) and frame.session_id == in_session:
+            # named by a welcome before its call_started came (a leader died in between)
+            started.add(frame.session_id)
+            ringing = None
+            requests.append(frame.request_id)
+        elif isinstance(frame, Offer):
             if ringing is not None:
                 problems.append(f"{staff_id}: a second offer while one rings: {frame}")
             if in_session is not None:
@@ -229,6 +250,7 @@ def staff_frame_problems(
             if in_session is not None:
                 problems.append(f"{staff_id}: a second session during {in_session}: {frame}")
             ringing, in_session = None, frame.session_id
+            started.add(frame.session_id)
             requests.append(frame.request_id)
         elif isinstance(frame, SessionEnded):
             if frame.session_id != in_session:

@@ -35,6 +35,7 @@ from shared.protocol import (
     MediaFailed,
     QueueStatus,
     RequestHelp,
+    SdpPayload,
 )
 from tests.booth_fake_signaling import CREDENTIAL, AnsweringStaff, FakeSignaling
 from tests.signaling_support import running_signaling
@@ -199,6 +200,54 @@ async def test_reconnects_and_resends_pending_request(
     await asyncio.sleep(0.3)
     assert len(server.messages(RequestHelp)) == 2
     assert agent.screen().screen is KioskScreen.WAITING
+
+
+async def test_a_session_named_by_the_welcome_and_a_repeated_call_started(
+    agent: BoothAgent, server: FakeSignaling
+) -> None:
+    """Matched while the booth was reconnecting (a signaling node died between storing
+    the match and telling anyone): the welcome names a session the booth has not heard of
+    yet, and call_started follows. It is then repeated (another reconnect before the media
+    connected): the booth offers a fresh connection, and that one is answered."""
+    request = await ask_for_help(agent, server)
+    await server.stop()
+    server.report_session = "s-late"
+    await server.start()
+    await server.wait_booth()
+    await eventually(lambda: agent.signaling.connections == 2)
+    await asyncio.sleep(0.3)
+    assert server.messages(HangUp) == []  # the session is not refused
+    assert len(server.messages(RequestHelp)) == 1  # nor the request sent again
+    assert agent.screen().screen is KioskScreen.WAITING
+
+    started = await server.start_call(request.request_id, session_id="s-late")
+    first = await asyncio.wait_for(server.relays.get(), 10)
+    assert isinstance(first.payload, SdpPayload) and first.payload.generation == 0
+    await server.send(started)  # repeated; the first offer stays unanswered
+    staff = AnsweringStaff(server)
+    try:
+        await staff.answer("s-late")
+        connected = await server.wait_for(MediaConnected)
+        assert isinstance(connected, MediaConnected) and connected.session_id == "s-late"
+        call = agent.call
+        assert call is not None and call.generation == 1
+        await eventually(lambda: len(staff.stamps) >= 5)
+        await eventually(lambda: agent.screen().screen is KioskScreen.IN_CALL)
+        # once answered, a repeated call_started changes nothing
+        await server.send(started)
+        await asyncio.sleep(0.5)
+        assert call.generation == 1 and call.state is CallState.IN_CALL
+        assert server.relays.empty()
+    finally:
+        await staff.aclose()
+    sequence = [t.new for t in call.transitions if t.old is not t.new]
+    assert sequence == [
+        CallState.REQUESTING,
+        CallState.WAITING,
+        CallState.CONNECTING,
+        CallState.IN_CALL,
+    ]
+    assert server.messages(HangUp) == [] and server.messages(MediaFailed) == []
 
 
 async def test_no_staff_then_keep_waiting_then_cancel(

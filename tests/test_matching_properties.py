@@ -12,6 +12,7 @@ from shared.errors import ProtocolError
 from shared.protocol import (
     BoothInfo,
     BoothsSnapshot,
+    BoothWelcome,
     CallStarted,
     Department,
     EndReason,
@@ -29,6 +30,7 @@ from shared.protocol import (
     StaffRole,
     StaffState,
     StaffStateChanged,
+    StaffWelcome,
     WithdrawReason,
 )
 from signaling.matching import (
@@ -557,6 +559,55 @@ def test_call_flow_hang_up_wrap_up_and_relay_only_to_the_other_peer() -> None:
         assert err.code is ErrorCode.OUT_OF_ORDER
     actions = d.wrap_up_done("s1", session_id, "転入届を案内", T0 + 62)
     assert StaffStateChanged(state=StaffState.AVAILABLE) in messages_to_staff(actions, "s1")
+
+
+def test_call_started_is_told_again_after_a_reconnect_until_the_media_connects() -> None:
+    d = make_dispatcher({"s1": frozenset({("shimin", "ja")})})
+    online(d, ["s1"])
+    d.set_state("s1", StaffState.AVAILABLE, T0)
+    ((_, offer),) = offers(d.request_help("b1", "r1", "shimin", "ja", T0))
+    first = messages_to_booth(d.accept("s1", offer.offer_id, T0 + 1), "b1")[-1]
+    assert isinstance(first, CallStarted)
+
+    # Signaling drops before the media connected: the offer may have been lost with it.
+    d.booth_disconnected("b1", T0 + 2)
+    welcome, again = messages_to_booth(d.booth_connected("b1", T0 + 3), "b1")[:2]
+    assert isinstance(welcome, BoothWelcome) and welcome.session_id == first.session_id
+    assert isinstance(again, CallStarted)
+    assert (again.session_id, again.request_id, again.role) == (first.session_id, "r1", "offerer")
+    d.staff_disconnected("s1", T0 + 4)
+    told = messages_to_staff(d.staff_connected("s1", T0 + 5), "s1")
+    assert [type(m) for m in told[:2]] == [StaffWelcome, CallStarted]
+    assert isinstance(told[1], CallStarted) and told[1].role == "answerer"
+
+    # Once the media is connected, a reconnect only names the session.
+    d.media_connected(Side.BOOTH, "b1", first.session_id, T0 + 6)
+    d.booth_disconnected("b1", T0 + 7)
+    told_booth = messages_to_booth(d.booth_connected("b1", T0 + 8), "b1")
+    assert not any(isinstance(m, CallStarted) for m in told_booth)
+    d.staff_disconnected("s1", T0 + 9)
+    told = messages_to_staff(d.staff_connected("s1", T0 + 10), "s1")
+    assert not any(isinstance(m, CallStarted) for m in told)
+
+
+def test_a_resumed_session_nobody_was_told_of_is_started_when_they_connect() -> None:
+    """A leader stored a match and died before it sent call_started: the new leader
+    resumes the session, and each party hears of it when it connects."""
+    d = make_dispatcher({"s1": frozenset({("shimin", "ja")})})
+    d.restore_session("sess-1", "r1", "b1", "s1", "shimin", "ja", T0, None, T0 + 1)
+    booth = messages_to_booth(d.booth_connected("b1", T0 + 2), "b1")
+    assert isinstance(booth[0], BoothWelcome) and booth[0].session_id == "sess-1"
+    assert booth[0].pending_request_id is None
+    started = [m for m in booth if isinstance(m, CallStarted)]
+    assert [(m.session_id, m.request_id, m.role) for m in started] == [("sess-1", "r1", "offerer")]
+    staff = messages_to_staff(d.staff_connected("s1", T0 + 3), "s1")
+    assert isinstance(staff[0], StaffWelcome) and staff[0].state is StaffState.IN_CALL
+    started = [m for m in staff if isinstance(m, CallStarted)]
+    assert [(m.session_id, m.role, m.booth.booth_id) for m in started] == [
+        ("sess-1", "answerer", "b1")
+    ]
+    relay = Relay(session_id="sess-1", payload=IcePayload(candidate=None))
+    assert d.relay(Side.BOOTH, "b1", relay) == [ToStaff("s1", relay)]
 
 
 def test_estimate_is_unknown_with_too_few_samples_and_computed_with_enough() -> None:

@@ -468,8 +468,16 @@ function onCallStarted(msg) {
     page.lastError = { code: "out_of_order", message: `unexpected role ${msg.role}` };
     return;
   }
-  if (page.session && page.session.id === msg.session_id) return;
-  endCallMedia();
+  const current = page.session;
+  if (current && current.id === msg.session_id && !current.placeholder) return;
+  if (current && current.id === msg.session_id) {
+    // The session the welcome named and this page did not know: its media never
+    // connected, so the call is set up from here after all.
+    page.session = null;
+    $("notice").hidden = true;
+  } else {
+    endCallMedia();
+  }
   const session = {
     id: msg.session_id,
     msg,
@@ -1029,10 +1037,12 @@ function onWelcome(msg) {
     showWrapUp(msg.session_id, "通話は終了しています。");
   } else if (msg.session_id && msg.state === "in_call") {
     if (!page.session || page.session.id !== msg.session_id) {
-      // The page was reloaded during a call: the media cannot be rejoined from here.
+      // The page was reloaded during a call: the media cannot be rejoined from here
+      // (unless it never connected: then call_started follows and replaces this).
       showNotice("通話中の接続を引き継げませんでした。「終了」で通話を終えてください。", "warn");
       page.session = {
         id: msg.session_id,
+        placeholder: true,
         startedAt: Date.now(),
         pc: null,
         stream: null,
