@@ -37,6 +37,9 @@ class SignalingConfig(BaseSettings):
     decline_cooldown_s: float = 30.0  # a declined request is not re-offered to them sooner
     booth_reconnect_grace_s: float = 60.0  # a waiting request survives a booth drop this long
     staff_reconnect_grace_s: float = 20.0  # a call survives a staff-side drop this long
+    # A wrap-up (後処理) cut short by a restart or a leader change is asked for again when
+    # the staff member is back, if their last call ended at most this long ago.
+    wrap_up_resume_s: float = Field(default=12 * 3600.0, ge=0)
     wait_estimate_samples: int = 20  # recent handle times per department
     wait_estimate_min_samples: int = 3  # fewer → the estimate is "unknown"
     # Queue fan-out (QueueStatus to booths, QueueSnapshot/BoothsSnapshot to staff) is

@@ -89,6 +89,11 @@ async def load_dispatcher(
             restored += 1
     if restored:
         log.info("%d waiting requests restored", restored)
+    wrap_ups = 0
+    for staff_id, session_id in await store.pending_wrap_ups(utc(now - config.wrap_up_resume_s)):
+        wrap_ups += dispatcher.restore_wrap_up(staff_id, session_id)
+    if wrap_ups:
+        log.info("%d unfinished wrap-ups restored", wrap_ups)
     return dispatcher
 
 

@@ -485,6 +485,17 @@ class Dispatcher:
         self._push_deadline(now + self.rules.staff_reconnect_grace_s)
         return out
 
+    def restore_wrap_up(self, staff_id: str, session_id: str) -> bool:
+        """The staff member had not finished the wrap-up of their last session when the
+        server stopped or the leader changed: they are in it again (wrap_up_done ends it)."""
+        member = self.staff.get(staff_id)
+        if member is None or member.session_id is not None or member.connected:
+            return False
+        member.state = StaffState.WRAP_UP
+        member.session_id = session_id
+        self._available.discard(staff_id)
+        return True
+
     # ---------------------------------------------------------------- queries
 
     def next_deadline(self) -> float | None:

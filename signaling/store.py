@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
 
 from shared.errors import EkichikaError
 from shared.protocol import BoothInfo, Department, EndReason, StaffInfo, StaffRole
@@ -234,6 +235,25 @@ class SignalingStore:
                 )
                 for r in rows
             ]
+
+    async def pending_wrap_ups(self, since: datetime) -> list[tuple[str, str]]:
+        """(staff id, session id) of each staff member whose latest session ended at or
+        after ``since`` with no wrap-up note stored yet."""
+        later = aliased(CallSession)
+        async with self._sessions() as s:
+            rows = await s.execute(
+                select(CallSession.staff_id, CallSession.id)
+                .where(
+                    CallSession.ended_at >= since,
+                    CallSession.note.is_(None),
+                    ~exists().where(
+                        later.staff_id == CallSession.staff_id,
+                        later.accepted_at > CallSession.accepted_at,
+                    ),
+                )
+                .order_by(CallSession.ended_at)
+            )
+            return [(staff_id, session_id) for staff_id, session_id in rows]
 
     async def close_interrupted_sessions(self, at: datetime) -> int:
         """Sessions left open by a previous run end with ``server_restart``."""

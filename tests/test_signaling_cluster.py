@@ -412,3 +412,53 @@ async def test_another_node_leads_within_seconds_after_the_leader_is_killed(
                 return bool(request and request.status == "matched" and row)
 
         await eventually(matched)
+
+
+async def test_a_wrap_up_in_progress_when_the_leader_is_killed_is_kept(
+    cluster: Cluster,
+) -> None:
+    """The staff member is writing the note of a call that just ended when the leader
+    dies: the new leader keeps them in that wrap-up, and the note they send is stored."""
+    leader = await cluster.leader()
+    others = [n for n in cluster.nodes.values() if n is not leader]
+    async with (
+        connect_staff(others[0].ws_url, token("sato")) as staff,
+        connect_booth(others[1].ws_url, "seiseki-1", BOOTH_CREDENTIALS["seiseki-1"]) as booth,
+    ):
+        await _available(staff)
+        await booth.send(RequestHelp(request_id="r-wrap", department="shimin", language="ja"))
+        offer = await staff.expect(Offer)
+        await staff.send(AcceptOffer(offer_id=offer.offer_id))
+        started = await booth.expect(CallStarted)
+        await booth.send(HangUp(session_id=started.session_id))
+        await booth.expect(SessionEnded)
+        while (await staff.expect(StaffStateChanged)).state is not StaffState.WRAP_UP:
+            pass
+        async with open_engine(cluster.database_url) as engine:
+            sessions = session_factory(engine)
+
+            async def closed() -> bool:
+                async with sessions() as db:
+                    row = await db.get(CallSession, started.session_id)
+                    return bool(row and row.ended_at is not None)
+
+            await eventually(closed)
+        await cluster.kill(leader)
+
+        welcome = await staff.expect(StaffWelcome, within=10)
+        assert (welcome.state, welcome.session_id) == (StaffState.WRAP_UP, started.session_id)
+        await staff.send(SetState(state="available"))
+        assert (await staff.expect_error()).code is ErrorCode.OUT_OF_ORDER
+        await staff.send(WrapUpDone(session_id=started.session_id, note="転出届の期限を案内"))
+        while (await staff.expect(StaffStateChanged)).state is not StaffState.AVAILABLE:
+            pass
+
+    async with open_engine(cluster.database_url) as engine:
+        sessions = session_factory(engine)
+
+        async def noted() -> bool:
+            async with sessions() as db:
+                row = await db.get(CallSession, started.session_id)
+                return bool(row and row.note == "転出届の期限を案内")
+
+        await eventually(noted)
