@@ -105,6 +105,11 @@ LEADER_LOCK_KEY: Final = 0x456B_6963_6869_6B61  # "Ekichika": the advisory lock 
 READ_BATCH: Final = 500  # events per XREAD
 PRESENCE_EVERY_S: Final = 1.0
 STOP_TASK_WAIT_S: Final = 3.0  # on stop, for each of the node's tasks to end
+# Relays to a peer whose connection the leader does not know (yet: a new leader before the
+# nodes' announcements, a client moving to another node) are kept this long, so many per
+# peer, and passed on when the connection is known.
+HELD_RELAY_S: Final = 10.0
+HELD_RELAYS_MAX: Final = 32
 # Records that change what a new leader resumes: committed before the frames of their round.
 _DURABLE: Final = (SessionOpened, SessionClosed, RequestStatusChanged)
 # The leadership term in PostgreSQL: claimed by a new leader, checked by every write.
@@ -402,6 +407,8 @@ class ClusterNode:
                     await asyncio.sleep(self.config.leader_retry_s)
                     with contextlib.suppress(Exception):
                         await pubsub.subscribe(self.keys.to(self.node_id), self.keys.leaders)
+                        # A leader that took over meanwhile was announced to nobody here.
+                        await self._check_leader()
                     continue
                 if message is None:
                     continue
@@ -457,6 +464,22 @@ class ClusterNode:
 
     # ------------------------------------------------------------------ presence
 
+    async def _check_leader(self) -> None:
+        """Follow the leader stored in Redis, in case its announcement was missed (the
+        subscription was down when it was published)."""
+        current = await _redis(self._redis.get(self.keys.leader))
+        if current:
+            with contextlib.suppress(ValidationError):
+                self._leader_changed(LeaderChanged.model_validate_json(current))
+
+    async def _redis_reachable(self) -> bool:
+        try:
+            async with asyncio.timeout(self.config.node_timeout_s):
+                await _redis(self._redis.ping())
+        except Exception:
+            return False
+        return True
+
     async def _renew_presence(self) -> None:
         ttl_ms = max(1, round(self.config.node_timeout_s * 1000))
         await _redis(self._redis.set(self.keys.node(self.node_id), self._boot, px=ttl_ms))
@@ -467,6 +490,7 @@ class ClusterNode:
             self._emit(EventKind.ALIVE, Side.BOOTH, "", "", "")
             try:
                 await self._renew_presence()
+                await self._check_leader()
             except Exception as err:
                 self.log.warning("presence not renewed (%s)", err)
 
@@ -484,7 +508,13 @@ class ClusterNode:
                 continue
             try:
                 while True:
-                    if await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY):
+                    # Without Redis a leader could not hear or tell anyone: not trying then
+                    # keeps the nodes from taking the lead in turn while Redis is away.
+                    if not await self._redis_reachable():
+                        await lock_conn.fetchval("SELECT 1")  # the connection stays in use
+                    elif await lock_conn.fetchval(
+                        "SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY
+                    ):
                         break
                     await asyncio.sleep(self.config.leader_retry_s)
                 epoch = int(await lock_conn.fetchval("SELECT pg_current_xact_id()::text::bigint"))
@@ -584,6 +614,7 @@ class Leader:
         self.where: dict[tuple[Side, str], tuple[str, str]] = {}
         self._superseded: set[tuple[str, str]] = set()  # closed for a newer connection
         self._out: dict[str, list[Delivery]] = defaultdict(list)
+        self._held: dict[tuple[Side, str], deque[tuple[float, str]]] = {}
         self._heard: dict[str, float] = {}  # node id -> when its last event was read
         self._durable = False  # records of this round must be stored before its frames
         self.fenced = False  # a newer term has started: nothing more is written or sent
@@ -741,6 +772,7 @@ class Leader:
             self._route(
                 self.d.staff_connected(peer_id, now, lost_at=lost_at, last_state=last_state)
             )
+        self._pass_held(key)
 
     def _disconnected(self, side: Side, peer_id: str, at: float | None = None) -> None:
         del self.where[(side, peer_id)]
@@ -882,6 +914,8 @@ class Leader:
             )
             where = self.where.get(key)
             if where is None:
+                if isinstance(message, Relay):
+                    self._hold(key, relay_text or encode(message))
                 continue
             frame = relay_text if isinstance(message, Relay) else None
             if frame is None:
@@ -893,6 +927,25 @@ class Leader:
                     conn=where[1], frame=frame, coalesce=_COALESCED.get(type(message)), state=state
                 ),
             )
+
+    def _hold(self, key: tuple[Side, str], frame: str) -> None:
+        if key not in self._held and len(self._held) >= 1024:
+            now = time.monotonic()  # peers that never came back: forget what expired
+            for stale in [k for k, v in self._held.items() if v[-1][0] < now]:
+                del self._held[stale]
+        held = self._held.setdefault(key, deque(maxlen=HELD_RELAYS_MAX))
+        held.append((time.monotonic() + HELD_RELAY_S, frame))
+
+    def _pass_held(self, key: tuple[Side, str]) -> None:
+        """The relays kept for this peer, to its connection now known."""
+        held = self._held.pop(key, None)
+        where = self.where.get(key)
+        if not held or where is None:
+            return
+        now = time.monotonic()
+        for until, frame in held:
+            if until >= now:
+                self._to(where, Delivery(conn=where[1], frame=frame))
 
     def _to(self, where: tuple[str, str], delivery: Delivery) -> None:
         self._out[where[0]].append(delivery)
