@@ -21,9 +21,11 @@ decoding, heartbeats), but the matching core runs on one node at a time, the lea
   ``cluster_stream_max_events``). Only the leader reads it (XREAD), in order, and feeds
   the :class:`~signaling.matching.Dispatcher`: matching is serialised cluster-wide.
 * **Actions.** The leader knows from the events which node holds each connection; it
-  publishes frames for them on that node's channel, and writes the Persist records itself
+  appends frames for them to that node's stream, and writes the Persist records itself
   (the node's batched store, on PostgreSQL). Relays pass the leader too (it checks the
-  session) and are forwarded as their text.
+  session) and are forwarded as their text. Each node reads its stream from its own
+  cursor, so frames appended while its read was failing (Redis restarting, a dropped
+  connection) are read once it is back: nothing is lost between publish and subscribe.
 * **Take-over.** A new leader loads the directory and the waiting requests (in their
   order) from PostgreSQL, resumes the sessions left open (same ids; both parties count as
   lost until they are back), reads the stream from where the last leader stopped (the
@@ -33,8 +35,8 @@ decoding, heartbeats), but the matching core runs on one node at a time, the lea
 
 Keys (prefix ``cluster_key_prefix``): ``:events`` (stream), ``:cursor`` (last event the
 leader handled), ``:leader`` (epoch and node), ``:epoch`` (the newest epoch: the fence),
-``:node:<id>`` (presence); channels ``:to:<node id>`` (frames for a node) and
-``:leaders`` (a new epoch).
+``:node:<id>`` (presence); streams ``:to:<node id>`` (frames for a node) and
+``:leaders`` (each new epoch).
 """
 
 from __future__ import annotations
@@ -105,6 +107,16 @@ LEADER_LOCK_KEY: Final = 0x456B_6963_6869_6B61  # "Ekichika": the advisory lock 
 READ_BATCH: Final = 500  # events per XREAD
 PRESENCE_EVERY_S: Final = 1.0
 STOP_TASK_WAIT_S: Final = 3.0  # on stop, for each of the node's tasks to end
+# Relays to a peer whose connection the leader does not know (yet: a new leader before the
+# nodes' announcements, a client moving to another node) are kept this long, so many per
+# peer, and passed on when the connection is known.
+HELD_RELAY_S: Final = 10.0
+HELD_RELAYS_MAX: Final = 32
+# The streams a node reads: frames for it (trimmed to about so many batches, and gone once
+# nobody has written to them for so long: a node id no longer used), and the new epochs.
+NODE_STREAM_MAX: Final = 10_000
+NODE_STREAM_TTL_S: Final = 600.0
+LEADERS_STREAM_MAX: Final = 100
 # Records that change what a new leader resumes: committed before the frames of their round.
 _DURABLE: Final = (SessionOpened, SessionClosed, RequestStatusChanged)
 # The leadership term in PostgreSQL: claimed by a new leader, checked by every write.
@@ -115,18 +127,24 @@ ON CONFLICT (id) DO UPDATE
     WHERE signaling_leader.epoch < EXCLUDED.epoch
 RETURNING epoch
 """
-# The same in Redis. KEYS: epoch, leader; ARGV: epoch, LeaderChanged. 1 if claimed.
+# The same in Redis, and the announcement. KEYS: epoch, leader, leaders stream; ARGV:
+# epoch, LeaderChanged, the stream's length. 1 if claimed.
 _CLAIM_EPOCH: Final = """
 if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'm', ARGV[2])
 return 1
 """
 # A leader's round: frames to nodes, then the cursor, unless a newer term has started.
-# KEYS: epoch, cursor; ARGV: epoch, cursor, then channel and message pairs. 1 if sent.
+# KEYS: epoch, cursor; ARGV: epoch, cursor, stream length, stream ttl (ms), then node
+# stream and message pairs. 1 if sent.
 _PUBLISH_ROUND: Final = """
 if tonumber(redis.call('GET', KEYS[1]) or '0') > tonumber(ARGV[1]) then return 0 end
-for i = 3, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do
+    redis.call('XADD', ARGV[i], 'MAXLEN', '~', ARGV[3], '*', 'm', ARGV[i + 1])
+    redis.call('PEXPIRE', ARGV[i], ARGV[4])
+end
 redis.call('SET', KEYS[2], ARGV[2])
 return 1
 """
@@ -199,6 +217,27 @@ async def _redis(call: Awaitable[Any] | Any) -> Any:
     return await cast(Awaitable[Any], call)
 
 
+class Outage:
+    """One warning when a loop's Redis calls start failing, one line when they work
+    again: a Redis away for minutes does not fill the log."""
+
+    def __init__(self, log: NodeLog, what: str) -> None:
+        self.log = log
+        self.what = what
+        self.since: float | None = None
+
+    def failed(self, err: Exception) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            self.log.warning("%s failed (%s); retrying", self.what, err)
+
+    def ok(self, detail: str = "") -> None:
+        if self.since is not None:
+            took = time.monotonic() - self.since
+            self.since = None
+            self.log.info("%s works again after %.1f s%s", self.what, took, detail)
+
+
 class Keys:
     def __init__(self, prefix: str) -> None:
         self.events = f"{prefix}:events"
@@ -246,20 +285,26 @@ class ClusterNode:
         self.leader: Leader | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._sending = Outage(self.log, "sending events to Redis")
+        self._reading = Outage(self.log, "reading from Redis")
+        self._presence = Outage(self.log, "renewing the presence")
         server.store.on_fenced = self._fenced
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        pubsub = self._redis.pubsub()
-        await pubsub.subscribe(self.keys.to(self.node_id), self.keys.leaders)
+        # What is already in the node's streams is of an earlier run: read what comes next.
+        cursors: dict[str, str] = {}
+        for stream in (self.keys.leaders, self.keys.to(self.node_id)):
+            last = await _redis(self._redis.xrevrange(stream, count=1))
+            cursors[stream] = last[0][0] if last else "0-0"
         await self._renew_presence()
         current = await _redis(self._redis.get(self.keys.leader))
         if current:
             with contextlib.suppress(ValidationError):
                 self.epoch = LeaderChanged.model_validate_json(current).epoch
         self._tasks = [
-            asyncio.create_task(self._listen(pubsub), name="cluster-listen"),
+            asyncio.create_task(self._listen(cursors), name="cluster-listen"),
             asyncio.create_task(self._send_loop(), name="cluster-send"),
             asyncio.create_task(self._presence_loop(), name="cluster-presence"),
             asyncio.create_task(self._elect_loop(), name="cluster-elect"),
@@ -270,7 +315,7 @@ class ClusterNode:
         if self._closed:
             return
         self._closed = True
-        # The leader's term and the subscription end by themselves at their next read;
+        # The leader's term and the stream reader end by themselves at their next read;
         # cancelling a blocked Redis read does not always end it.
         natural = [t for t in self._tasks if t.get_name() == "cluster-listen"]
         if self.leader is not None:
@@ -323,7 +368,17 @@ class ClusterNode:
             leader.fence(f"the database holds a newer leadership term than epoch {epoch}")
 
     def status(self) -> dict[str, Any]:
-        return {"node": self.node_id, "leader": self.leader is not None, "epoch": self.epoch}
+        """For ``/healthz``: the node, the leadership, and whether Redis answers (while it
+        does not, the node keeps its connections' events: ``events_queued``)."""
+        failing = [o.since for o in (self._sending, self._reading, self._presence) if o.since]
+        return {
+            "node": self.node_id,
+            "leader": self.leader is not None,
+            "epoch": self.epoch,
+            "redis": "unreachable" if failing else "ok",
+            "redis_unreachable_s": round(time.monotonic() - min(failing), 1) if failing else 0,
+            "events_queued": len(self._outbox),
+        }
 
     # ------------------------------------------------------------------ ClusterLink
 
@@ -380,41 +435,60 @@ class ClusterNode:
                 self._outbox.popleft()
 
     async def _send_loop(self) -> None:
+        outage = self._sending
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
+            queued = len(self._outbox)
             try:
                 await self._send_pending()
             except Exception as err:
-                self.log.warning("events not sent to Redis (%s); retrying", err)
+                outage.failed(err)
                 await asyncio.sleep(self.config.leader_retry_s)
                 self._outbox_ready.set()
+            else:
+                outage.ok(f" ({queued} queued events sent)")
 
     # ------------------------------------------------------------------ frames in
 
-    async def _listen(self, pubsub: Any) -> None:
+    async def _listen(self, cursors: dict[str, str]) -> None:
+        """Read the node's streams (the new epochs, then the frames for it) from their
+        cursors; after a failed read, from the same cursors again."""
+        reader: Redis = Redis.from_url(self.config.redis_url, decode_responses=True)
+        outage = self._reading
         try:
-            while not self._closed:  # ends within get_message's timeout once closed
+            while not self._closed:  # ends within the read's block time once closed
                 try:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    reply = await _redis(
+                        reader.xread(cast(Any, cursors), count=READ_BATCH, block=1000)
+                    )
                 except Exception as err:
-                    self.log.warning("Redis subscription failed (%s); resubscribing", err)
+                    outage.failed(err)
                     await asyncio.sleep(self.config.leader_retry_s)
+                    continue
+                if outage.since is not None:
+                    outage.ok()
+                    # A leader that took over meanwhile may have been announced before the
+                    # stream it went to existed again (Redis restarted empty).
                     with contextlib.suppress(Exception):
-                        await pubsub.subscribe(self.keys.to(self.node_id), self.keys.leaders)
-                    continue
-                if message is None:
-                    continue
-                try:
-                    if message["channel"] == self.keys.leaders:
-                        self._leader_changed(LeaderChanged.model_validate_json(message["data"]))
-                    else:
-                        self._deliver(Deliveries.model_validate_json(message["data"]))
-                except ValidationError as err:
-                    self.log.warning("unreadable cluster message: %s", err)
+                        await self._check_leader()
+                for stream, entries in reply or ():
+                    for entry_id, fields in entries:
+                        cursors[stream] = entry_id
+                        self._read(stream, fields.get("m", ""))
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                async with asyncio.timeout(2.0):
+                    await reader.aclose()
+
+    def _read(self, stream: str, data: str) -> None:
+        try:
+            if stream == self.keys.leaders:
+                self._leader_changed(LeaderChanged.model_validate_json(data))
+            else:
+                self._deliver(Deliveries.model_validate_json(data))
+        except ValidationError as err:
+            self.log.warning("unreadable cluster message: %s", err)
 
     def _leader_changed(self, change: LeaderChanged) -> None:
         if change.epoch <= self.epoch:
@@ -457,18 +531,38 @@ class ClusterNode:
 
     # ------------------------------------------------------------------ presence
 
+    async def _check_leader(self) -> None:
+        """Follow the leader stored in Redis, in case its announcement was missed."""
+        current = await _redis(self._redis.get(self.keys.leader))
+        if current:
+            with contextlib.suppress(ValidationError):
+                self._leader_changed(LeaderChanged.model_validate_json(current))
+
+    async def _redis_reachable(self) -> bool:
+        try:
+            async with asyncio.timeout(self.config.node_timeout_s):
+                await _redis(self._redis.ping())
+        except Exception:
+            return False
+        return True
+
     async def _renew_presence(self) -> None:
         ttl_ms = max(1, round(self.config.node_timeout_s * 1000))
         await _redis(self._redis.set(self.keys.node(self.node_id), self._boot, px=ttl_ms))
 
     async def _presence_loop(self) -> None:
+        outage = self._presence
         while True:
             await asyncio.sleep(PRESENCE_EVERY_S)
-            self._emit(EventKind.ALIVE, Side.BOOTH, "", "", "")
+            if not self._outbox:  # events still queued tell the leader the node lives
+                self._emit(EventKind.ALIVE, Side.BOOTH, "", "", "")
             try:
                 await self._renew_presence()
+                await self._check_leader()
             except Exception as err:
-                self.log.warning("presence not renewed (%s)", err)
+                outage.failed(err)
+            else:
+                outage.ok()
 
     # ------------------------------------------------------------------ leadership
 
@@ -484,7 +578,13 @@ class ClusterNode:
                 continue
             try:
                 while True:
-                    if await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY):
+                    # Without Redis a leader could not hear or tell anyone: not trying then
+                    # keeps the nodes from taking the lead in turn while Redis is away.
+                    if not await self._redis_reachable():
+                        await lock_conn.fetchval("SELECT 1")  # the connection stays in use
+                    elif await lock_conn.fetchval(
+                        "SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY
+                    ):
                         break
                     await asyncio.sleep(self.config.leader_retry_s)
                 epoch = int(await lock_conn.fetchval("SELECT pg_current_xact_id()::text::bigint"))
@@ -584,6 +684,7 @@ class Leader:
         self.where: dict[tuple[Side, str], tuple[str, str]] = {}
         self._superseded: set[tuple[str, str]] = set()  # closed for a newer connection
         self._out: dict[str, list[Delivery]] = defaultdict(list)
+        self._held: dict[tuple[Side, str], deque[tuple[float, str]]] = {}
         self._heard: dict[str, float] = {}  # node id -> when its last event was read
         self._durable = False  # records of this round must be stored before its frames
         self.fenced = False  # a newer term has started: nothing more is written or sent
@@ -631,11 +732,10 @@ class Leader:
         cursor = await _redis(self._redis.get(self._keys.cursor))
         self.cursor = cursor or "0-0"
         claim = self._redis.register_script(_CLAIM_EPOCH)
-        announced = change.model_dump_json()
-        keys = [self._keys.epoch, self._keys.leader]
-        if not await claim(keys=keys, args=[self.epoch, announced]):
+        keys = [self._keys.epoch, self._keys.leader, self._keys.leaders]
+        args: list[Any] = [self.epoch, change.model_dump_json(), LEADERS_STREAM_MAX]
+        if not await claim(keys=keys, args=args):
             raise Fenced(f"Redis holds a newer leadership term than epoch {self.epoch}")
-        await _redis(self._redis.publish(self._keys.leaders, announced))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -741,6 +841,7 @@ class Leader:
             self._route(
                 self.d.staff_connected(peer_id, now, lost_at=lost_at, last_state=last_state)
             )
+        self._pass_held(key)
 
     def _disconnected(self, side: Side, peer_id: str, at: float | None = None) -> None:
         del self.where[(side, peer_id)]
@@ -882,6 +983,8 @@ class Leader:
             )
             where = self.where.get(key)
             if where is None:
+                if isinstance(message, Relay):
+                    self._hold(key, relay_text or encode(message))
                 continue
             frame = relay_text if isinstance(message, Relay) else None
             if frame is None:
@@ -893,6 +996,25 @@ class Leader:
                     conn=where[1], frame=frame, coalesce=_COALESCED.get(type(message)), state=state
                 ),
             )
+
+    def _hold(self, key: tuple[Side, str], frame: str) -> None:
+        if key not in self._held and len(self._held) >= 1024:
+            now = time.monotonic()  # peers that never came back: forget what expired
+            for stale in [k for k, v in self._held.items() if v[-1][0] < now]:
+                del self._held[stale]
+        held = self._held.setdefault(key, deque(maxlen=HELD_RELAYS_MAX))
+        held.append((time.monotonic() + HELD_RELAY_S, frame))
+
+    def _pass_held(self, key: tuple[Side, str]) -> None:
+        """The relays kept for this peer, to its connection now known."""
+        held = self._held.pop(key, None)
+        where = self.where.get(key)
+        if not held or where is None:
+            return
+        now = time.monotonic()
+        for until, frame in held:
+            if until >= now:
+                self._to(where, Delivery(conn=where[1], frame=frame))
 
     def _to(self, where: tuple[str, str], delivery: Delivery) -> None:
         self._out[where[0]].append(delivery)
@@ -907,7 +1029,8 @@ class Leader:
         out, self._out = self._out, defaultdict(list)
         if self.fenced or (not out and self.cursor == self._saved_cursor):
             return
-        args: list[Any] = [self.epoch, self.cursor]
+        ttl_ms = round(NODE_STREAM_TTL_S * 1000)
+        args: list[Any] = [self.epoch, self.cursor, NODE_STREAM_MAX, ttl_ms]
         for node_id, items in out.items():
             batch = Deliveries(epoch=self.epoch, leader=self.node.node_id, items=items)
             args += [self._keys.to(node_id), batch.model_dump_json()]

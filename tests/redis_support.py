@@ -76,15 +76,20 @@ class RedisServer:
         except OSError:
             return b""
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the process (by its PID); :meth:`start` brings it back on the same port,
+        empty: nothing is persisted."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
-            process.terminate()  # by its PID
+            process.terminate()
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.base, ignore_errors=True)
 
 

@@ -1,0 +1,154 @@
+"""Signaling nodes live through a restart of Redis.
+
+Three ``python -m signaling`` nodes on real PostgreSQL and a Redis server of this test's
+own, which is stopped during a call and started again empty (no persistence, as a Redis
+without a disk would come back). Messages the clients send while Redis is away reach
+their peer once it is back; the call goes on in the same session and can be ended; a
+request that was waiting keeps its place; one node leads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from shared.protocol import (
+    AcceptOffer,
+    CallStarted,
+    HangUp,
+    IcePayload,
+    Offer,
+    QueueStatus,
+    Relay,
+    RequestHelp,
+    SdpPayload,
+    SessionEnded,
+    SetState,
+    StaffState,
+    StaffStateChanged,
+    WrapUpDone,
+)
+from shared.store import CallSession, HelpRequest, session_factory
+from tests.cluster_support import Cluster, running_cluster, token
+from tests.postgres_support import postgres_server, postgres_url
+from tests.redis_support import RedisServer
+from tests.signaling_support import (
+    BOOTH_CREDENTIALS,
+    StaffClient,
+    connect_booth,
+    connect_staff,
+    eventually,
+    open_engine,
+    prepare_database,
+)
+
+__all__ = ["postgres_server", "postgres_url"]  # fixtures
+
+REDIS_DOWN_S = 3.0
+BACK_WITHIN_S = 10.0
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, postgres_url: str, redis: RedisServer) -> AsyncIterator[Cluster]:
+    await prepare_database(postgres_url)
+    async with running_cluster(tmp_path, postgres_url, redis.url) as running:
+        yield running
+
+
+async def _until_state(staff: StaffClient, state: StaffState, within: float = 5.0) -> None:
+    while (await staff.expect(StaffStateChanged, within=within)).state is not state:
+        pass
+
+
+async def test_a_call_goes_on_through_a_redis_restart(cluster: Cluster, redis: RedisServer) -> None:
+    leader = await cluster.leader()
+    others = [n for n in cluster.nodes.values() if n is not leader]
+    seiseki = ("seiseki-1", BOOTH_CREDENTIALS["seiseki-1"])
+    tamacenter = ("tamacenter-1", BOOTH_CREDENTIALS["tamacenter-1"])
+    async with (
+        connect_staff(others[0].ws_url, token("sato")) as staff,
+        connect_booth(others[1].ws_url, *seiseki) as booth,
+        connect_booth(leader.ws_url, *tamacenter) as waiting,
+    ):
+        await staff.send(SetState(state="available"))
+        await _until_state(staff, StaffState.AVAILABLE)
+        await booth.send(RequestHelp(request_id="r-call", department="shimin", language="ja"))
+        offer = await staff.expect(Offer)
+        await staff.send(AcceptOffer(offer_id=offer.offer_id))
+        started = await booth.expect(CallStarted)
+        session_id = started.session_id
+        await waiting.send(RequestHelp(request_id="r-wait", department="shimin", language="ja"))
+        assert (await waiting.expect(QueueStatus)).request_id == "r-wait"
+
+        redis.halt()
+        stopped_at = time.monotonic()
+        # Sent while Redis is away: kept by the node and passed on when it is back.
+        sdp = SdpPayload(sdp_type="offer", sdp="v=0\r\n" + "a=x\r\n" * 100, generation=1)
+        await booth.send(Relay(session_id=session_id, payload=sdp))
+        await asyncio.sleep(REDIS_DOWN_S)
+        # /healthz tells the operator, and the booth's node keeps its events meanwhile.
+        health = await cluster.health(others[1])
+        assert health is not None
+        assert health["cluster"]["redis"] == "unreachable"
+        assert health["cluster"]["redis_unreachable_s"] >= REDIS_DOWN_S / 2
+        assert health["cluster"]["events_queued"] >= 1
+        redis.start()
+        back_at = time.monotonic()
+
+        relayed = await staff.expect(Relay, within=BACK_WITHIN_S)
+        through = time.monotonic() - back_at
+        print(
+            f"relay sent {REDIS_DOWN_S:.0f} s before Redis came back arrived {through:.2f} s after"
+        )
+        assert (relayed.session_id, relayed.payload) == (session_id, sdp)
+        ice = IcePayload(candidate="candidate:1 1 udp 1 127.0.0.1 5000 typ host", sdp_mid="0")
+        await staff.send(Relay(session_id=session_id, payload=ice))
+        assert (await booth.expect(Relay, within=BACK_WITHIN_S)).payload == ice
+        assert len(await cluster.leaders()) == 1
+
+        async def redis_ok() -> bool:
+            health = await cluster.health(others[1])
+            return bool(health and health["cluster"]["redis"] == "ok")
+
+        await eventually(redis_ok)
+        assert (await cluster.health(others[1]) or {})["cluster"]["events_queued"] == 0
+
+        await staff.send(HangUp(session_id=session_id))
+        ended = await booth.expect(SessionEnded, within=BACK_WITHIN_S)
+        assert ended.session_id == session_id
+        await _until_state(staff, StaffState.WRAP_UP, within=BACK_WITHIN_S)
+        await staff.send(WrapUpDone(session_id=session_id, note="Redis 再起動中も通話継続"))
+        # The waiting request kept its place: it is offered next.
+        offer = await staff.expect(Offer, within=BACK_WITHIN_S)
+        assert offer.request_id == "r-wait"
+        print(f"next offer {time.monotonic() - stopped_at:.2f} s after Redis stopped")
+
+    async with open_engine(cluster.database_url) as engine:
+        sessions = session_factory(engine)
+
+        async def stored() -> bool:
+            async with sessions() as db:
+                row = await db.get(CallSession, session_id)
+                return bool(row and row.note == "Redis 再起動中も通話継続")
+
+        await eventually(stored)
+        async with sessions() as db:
+            rows = list(await db.scalars(select(CallSession)))
+            request = await db.get(HelpRequest, "r-call")
+    assert [r.id for r in rows] == [session_id]
+    assert rows[0].outcome == "hangup_staff"
+    assert request is not None and request.status == "matched"
