@@ -144,6 +144,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 config, server, partial(load_dispatcher, config, server.store, app[METRICS_KEY])
             )
             await node.start()
+            app[METRICS_KEY].watch_cluster(node.status)
             server.cluster = node
             app[CLUSTER_KEY] = node
         yield

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -38,11 +38,14 @@ class _LiveState(Collector):
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self.source: Callable[[], PresenceSnapshot] | None = None
+        self.cluster: Callable[[], dict[str, Any]] | None = None
 
     def describe(self) -> list[Metric]:  # no describe-time collection
         return []
 
     def collect(self) -> Iterator[Metric]:
+        if self.cluster is not None:
+            yield from _cluster_gauges(self.cluster())
         source = self.source
         if source is None:
             return
@@ -88,6 +91,21 @@ class _LiveState(Collector):
         )
         sessions.add_metric([], sum(1 for s in d.sessions.values() if s.active))
         yield sessions
+
+
+def _cluster_gauges(status: dict[str, Any]) -> Iterator[Metric]:
+    for name, text, value in (
+        ("leader", "1 while this node leads (matching)", int(status["leader"])),
+        ("redis_up", "1 while this node's Redis calls work", int(status["redis"] == "ok")),
+        (
+            "events_queued",
+            "Events of this node's connections not yet sent to Redis",
+            status["events_queued"],
+        ),
+    ):
+        gauge = GaugeMetricFamily(f"ekichika_signaling_cluster_{name}", text)
+        gauge.add_metric([], value)
+        yield gauge
 
 
 @dataclass
@@ -176,3 +194,8 @@ class SignalingMetrics:
     def watch(self, source: Callable[[], PresenceSnapshot]) -> None:
         """Read presence and queue gauges from ``source`` at every scrape."""
         self._live.source = source
+
+    def watch_cluster(self, status: Callable[[], dict[str, Any]]) -> None:
+        """Cluster mode: the node's leadership and Redis gauges from ``status``
+        (:meth:`signaling.cluster.ClusterNode.status`) at every scrape."""
+        self._live.cluster = status

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from sqlalchemy import select
 
@@ -69,6 +70,15 @@ async def cluster(tmp_path: Path, postgres_url: str, redis: RedisServer) -> Asyn
         yield running
 
 
+async def _metrics(port: int) -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        assert resp.status == 200
+        return await resp.text()
+
+
 async def _until_state(staff: StaffClient, state: StaffState, within: float = 5.0) -> None:
     while (await staff.expect(StaffStateChanged, within=within)).state is not state:
         pass
@@ -106,6 +116,9 @@ async def test_a_call_goes_on_through_a_redis_restart(cluster: Cluster, redis: R
         assert health["cluster"]["redis"] == "unreachable"
         assert health["cluster"]["redis_unreachable_s"] >= REDIS_DOWN_S / 2
         assert health["cluster"]["events_queued"] >= 1
+        metrics = await _metrics(others[1].port)
+        assert "ekichika_signaling_cluster_redis_up 0.0" in metrics
+        assert "ekichika_signaling_cluster_events_queued 0.0" not in metrics
         redis.start()
         back_at = time.monotonic()
 
@@ -126,6 +139,7 @@ async def test_a_call_goes_on_through_a_redis_restart(cluster: Cluster, redis: R
 
         await eventually(redis_ok)
         assert (await cluster.health(others[1]) or {})["cluster"]["events_queued"] == 0
+        assert "ekichika_signaling_cluster_redis_up 1.0" in await _metrics(others[1].port)
 
         await staff.send(HangUp(session_id=session_id))
         ended = await booth.expect(SessionEnded, within=BACK_WITHIN_S)
