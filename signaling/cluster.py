@@ -158,11 +158,18 @@ class EventKind(StrEnum):
     ALIVE = "alive"  # every second: the leader knows when it last heard from each node
 
 
-class BoothJoined(BaseModel):
+class Joined(BaseModel):
+    # When the node accepted the connection (its clock): of two connections of one peer
+    # the later one is kept, whatever order their events reach the leader in. 0: unknown
+    # (a node of an earlier release), the later event is kept.
+    connected_at: float = 0.0
+
+
+class BoothJoined(Joined):
     booth: BoothInfo
 
 
-class StaffJoined(BaseModel):
+class StaffJoined(Joined):
     staff: StaffInfo
     role: StaffRole
     site_id: str | None
@@ -386,14 +393,16 @@ class ClusterNode:
         self, side: Side, peer_id: str, conn: Connection, account: BoothAccount | StaffAccount
     ) -> str:
         conn_id = f"{self._boot}-{next(self._conn_seq)}"
+        now = time.time()
         if isinstance(account, BoothAccount):
-            joined = BoothJoined(booth=account.info).model_dump_json()
+            joined = BoothJoined(booth=account.info, connected_at=now).model_dump_json()
         else:
             joined = StaffJoined(
                 staff=account.info,
                 role=account.role,
                 site_id=account.site_id,
                 skills=list(account.skills),
+                connected_at=now,
             ).model_dump_json()
         self._conns[conn_id] = (side, peer_id, conn, joined)
         self._emit(EventKind.CONNECTED, side, peer_id, conn_id, joined)
@@ -683,6 +692,7 @@ class Leader:
         # (side, peer id) -> (node id, connection id) of the current connection
         self.where: dict[tuple[Side, str], tuple[str, str]] = {}
         self._superseded: set[tuple[str, str]] = set()  # closed for a newer connection
+        self._opened: dict[tuple[Side, str], float] = {}  # connected_at of the current one
         self._out: dict[str, list[Delivery]] = defaultdict(list)
         self._held: dict[tuple[Side, str], deque[tuple[float, str]]] = {}
         self._heard: dict[str, float] = {}  # node id -> when its last event was read
@@ -802,6 +812,16 @@ class Leader:
         current = self.where.get(key)
         if current == origin:
             return  # already known (an announcement after a replayed connect)
+        joined: BoothJoined | StaffJoined = (
+            BoothJoined.model_validate_json(body)
+            if side is Side.BOOTH
+            else StaffJoined.model_validate_json(body)
+        )
+        if current is not None and 0 < joined.connected_at < self._opened.get(key, 0.0):
+            # An older connection than the one known (its announcement came late, or the
+            # peer has moved on and this one is a leftover): it is the one to close.
+            self._close_duplicate(side, origin)
+            return
         now = time.time()
         # A connection replacing one held by another node: that node died or the client
         # lost it; the gap started when the old node was last heard from.
@@ -811,28 +831,13 @@ class Leader:
             else None
         )
         if current is not None:
-            why = (
-                "this booth connected again elsewhere"
-                if side is Side.BOOTH
-                else "signed in again in another window"
-            )
-            error = ProtocolError(ErrorCode.DUPLICATE_CONNECTION, why, fatal=True)
-            self._superseded.add(current)
-            self._to(
-                current,
-                Delivery(
-                    conn=current[1],
-                    frame=encode(_error_message(error)),
-                    close_code=CLOSE_DUPLICATE,
-                    close_reason="duplicate connection",
-                ),
-            )
+            self._close_duplicate(side, current)
         self.where[key] = origin
-        if side is Side.BOOTH:
-            self.d.upsert_booth(BoothJoined.model_validate_json(body).booth)
+        self._opened[key] = joined.connected_at
+        if isinstance(joined, BoothJoined):
+            self.d.upsert_booth(joined.booth)
             self._route(self.d.booth_connected(peer_id, now, lost_at=lost_at))
         else:
-            joined = StaffJoined.model_validate_json(body)
             self.d.upsert_staff(joined.staff, joined.role, joined.site_id, joined.skills)
             last_state = joined.state
             member = self.d.staff[peer_id]
@@ -843,8 +848,27 @@ class Leader:
             )
         self._pass_held(key)
 
+    def _close_duplicate(self, side: Side, origin: tuple[str, str]) -> None:
+        why = (
+            "this booth connected again elsewhere"
+            if side is Side.BOOTH
+            else "signed in again in another window"
+        )
+        error = ProtocolError(ErrorCode.DUPLICATE_CONNECTION, why, fatal=True)
+        self._superseded.add(origin)
+        self._to(
+            origin,
+            Delivery(
+                conn=origin[1],
+                frame=encode(_error_message(error)),
+                close_code=CLOSE_DUPLICATE,
+                close_reason="duplicate connection",
+            ),
+        )
+
     def _disconnected(self, side: Side, peer_id: str, at: float | None = None) -> None:
         del self.where[(side, peer_id)]
+        self._opened.pop((side, peer_id), None)
         now = time.time() if at is None else at
         if side is Side.BOOTH:
             self._route(self.d.booth_disconnected(peer_id, now))

@@ -11,21 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import select, text
 
+from shared.config import SignalingConfig
 from shared.protocol import (
     AcceptOffer,
     BoothWelcome,
     CallStarted,
     EndReason,
     ErrorCode,
+    ErrorMessage,
     HangUp,
     IcePayload,
     MediaConnected,
@@ -186,6 +191,68 @@ async def test_a_call_between_a_booth_and_staff_on_different_nodes(cluster: Clus
                 )
             ]
         assert kinds == ["requested", "offered", "accepted", "connected", "ended"]
+
+
+async def _entries(redis: Redis, stream: str) -> list[tuple[str, dict[str, str]]]:
+    return cast(list[tuple[str, dict[str, str]]], await redis.xrange(stream))
+
+
+async def test_a_late_announcement_of_an_older_connection_does_not_close_the_newer(
+    cluster: Cluster,
+) -> None:
+    """Of two connections of one booth the later one is kept, whatever order their events
+    reach the leader in: an announcement of an older connection (a node telling a new
+    leader about a leftover connection) arriving after the current one's connect closes
+    the older one, not the booth's live connection."""
+    a, b, c = (cluster.nodes[n] for n in NODE_IDS)
+    prefix = SignalingConfig.model_fields["cluster_key_prefix"].default
+    events = f"{prefix}:events"
+    redis = Redis.from_url(cluster.redis_url, decode_responses=True)
+    try:
+        async with (
+            connect_staff(b.ws_url, token("sato")) as staff,
+            connect_booth(a.ws_url, "seiseki-1", BOOTH_CREDENTIALS["seiseki-1"]) as booth,
+        ):
+            await _available(staff)
+
+            async def booth_connect() -> dict[str, str] | None:
+                for _, fields in reversed(await _entries(redis, events)):
+                    if (fields["k"], fields["p"]) == ("connected", "seiseki-1"):
+                        return dict(fields)
+                return None
+
+            connect = await eventually(booth_connect)
+            body = json.loads(connect["b"])
+            assert body["connected_at"] > 0
+            stale = {
+                **connect,
+                "n": c.node_id,
+                "c": "leftover-1",
+                "k": "announced",
+                "b": json.dumps({**body, "connected_at": body["connected_at"] - 30}),
+            }
+            await redis.xadd(events, cast(Any, stale))
+
+            await booth.expect_none(ErrorMessage, within=1.0)
+            await booth.send(RequestHelp(request_id="r-late", department="shimin", language="ja"))
+            offer = await staff.expect(Offer)
+            assert offer.request_id == "r-late"
+            await staff.send(AcceptOffer(offer_id=offer.offer_id))
+            started = await booth.expect(CallStarted)
+            await booth.send(HangUp(session_id=started.session_id))
+            assert (await booth.expect(SessionEnded)).session_id == started.session_id
+
+            # The leftover connection is what the leader closed: a close for it went to
+            # node c's stream.
+            closes = [
+                item
+                for _, fields in await _entries(redis, f"{prefix}:to:{c.node_id}")
+                for item in json.loads(fields["m"])["items"]
+                if item["conn"] == "leftover-1"
+            ]
+            assert [item["close_code"] for item in closes] == [CLOSE_DUPLICATE]
+    finally:
+        await redis.aclose()
 
 
 # --------------------------------------------------------------------------------------
