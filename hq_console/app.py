@@ -305,6 +305,7 @@ async def api_me(request: web.Request) -> web.StreamResponse:
             "skills": [s.model_dump() for s in staff.skills],
             "signaling_url": request.app[CONFIG].signaling_url,
             "signaling_urls": staff_signaling_urls(request.app[CONFIG]),
+            "ice_relay_only": request.app[CONFIG].ice_relay_only,
         }
     )
 

@@ -104,6 +104,10 @@ class ConsoleConfig(BaseSettings):
     # Several signaling nodes: the staff page tries these in turn (the next one when a
     # connection fails or is lost). Empty: signaling_url only.
     signaling_urls: list[str] = []
+    # Media of the staff browser only through the TURN servers signaling hands out with
+    # each call (iceTransportPolicy "relay"): for staff PCs on a network that lets only
+    # the TURN server through, or whose own addresses must not reach the booth.
+    ice_relay_only: bool = False
     # Signaling tokens are short-lived; the page fetches a fresh one for each (re)connect,
     # so logging out also stops new signaling connections.
     token_ttl_s: float = 300

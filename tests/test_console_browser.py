@@ -12,13 +12,14 @@ JSON Schema (channel ``staff_to_server``) — the check that keeps the browser c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,12 +108,16 @@ class System:
     kiosk_url: str
 
 
-@pytest.fixture
-async def system(tmp_path: Path) -> AsyncIterator[System]:
+@contextlib.asynccontextmanager
+async def running_system(
+    tmp_path: Path, *, console: Mapping[str, Any] = {}, **signaling_settings: Any
+) -> AsyncIterator[System]:
+    """Signaling, the console (``console``: more ConsoleConfig settings) and the booth
+    agent with its kiosk page, on loopback."""
     console_port = free_port()
     console_url = f"http://127.0.0.1:{console_port}"
     async with running_signaling(
-        tmp_path, ring_timeout_s=20.0, allowed_origins=[console_url]
+        tmp_path, ring_timeout_s=20.0, allowed_origins=[console_url], **signaling_settings
     ) as signaling:
         database_url = sqlite_url(tmp_path / "signaling.sqlite3")
         console_config = ConsoleConfig(
@@ -122,9 +127,10 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
             token_secret=TOKEN_SECRET,
             signaling_url=f"{signaling.ws_url}/ws/staff",
             token_ttl_s=60,
+            **console,
         )
-        console = web.AppRunner(create_app(console_config), shutdown_timeout=1.0)
-        await console.setup()
+        runner = web.AppRunner(create_app(console_config), shutdown_timeout=1.0)
+        await runner.setup()
         kiosk_port = free_port()
         booth = BoothAgent(
             BoothConfig(
@@ -142,7 +148,7 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
         )
         kiosk = web.AppRunner(create_kiosk_app(booth), shutdown_timeout=1.0)
         try:
-            await web.TCPSite(console, "127.0.0.1", console_port).start()
+            await web.TCPSite(runner, "127.0.0.1", console_port).start()
             await booth.start()
             await kiosk.setup()
             await web.TCPSite(kiosk, "127.0.0.1", kiosk_port).start()
@@ -157,7 +163,13 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
         finally:
             await kiosk.cleanup()
             await booth.aclose()
-            await console.cleanup()
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def system(tmp_path: Path) -> AsyncIterator[System]:
+    async with running_system(tmp_path) as running:
+        yield running
 
 
 @pytest.fixture

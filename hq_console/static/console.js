@@ -517,7 +517,11 @@ async function setUpPeer(session) {
 }
 
 function newPeer(session) {
-  const pc = new RTCPeerConnection({ iceServers: iceServersFor(session.msg.ice_servers) });
+  const pc = new RTCPeerConnection({
+    iceServers: iceServersFor(session.msg.ice_servers),
+    // ConsoleConfig.ice_relay_only: media only through the call's TURN servers.
+    iceTransportPolicy: page.me && page.me.ice_relay_only ? "relay" : "all",
+  });
   session.pc = pc;
   pc.addEventListener("track", (event) => {
     if (session.pc === pc) onRemoteTrack(session, event);
