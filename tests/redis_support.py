@@ -93,15 +93,25 @@ class RedisServer:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """The test session's Redis server (started on first use)."""
+def _serve() -> Iterator[RedisServer]:
     server = RedisServer()
     try:
         server.start()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The test session's Redis server (started on first use)."""
+    yield from _serve()
+
+
+@pytest.fixture
+def own_redis_server() -> Iterator[RedisServer]:
+    """A Redis server of this test alone, which it may halt and start again."""
+    yield from _serve()
 
 
 @pytest.fixture

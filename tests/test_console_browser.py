@@ -55,10 +55,11 @@ from tests.signaling_support import (
     sqlite_url,
 )
 
-pytestmark = [
+browser_marks = [
     pytest.mark.browser,
     pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian chromium"),
 ]
+pytestmark = browser_marks
 
 BASE_FLAGS = [
     "--no-sandbox",

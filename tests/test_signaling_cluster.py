@@ -63,6 +63,7 @@ from tests.redis_support import redis_server, redis_url
 from tests.signaling_support import (
     BOOTH_CREDENTIALS,
     DEMO_PASSWORD,
+    BoothClient,
     StaffClient,
     connect_booth,
     connect_staff,
@@ -103,6 +104,16 @@ async def _available(staff: StaffClient) -> None:
         changed = await staff.expect(StaffStateChanged)
         if changed.state is StaffState.AVAILABLE:
             return
+
+
+async def _call(booth: BoothClient, staff: StaffClient, request_id: str) -> str:
+    """The booth asks, the staff member is offered that request and accepts: the session
+    id the booth is told."""
+    await booth.send(RequestHelp(request_id=request_id, department="shimin", language="ja"))
+    offer = await staff.expect(Offer)
+    assert offer.request_id == request_id
+    await staff.send(AcceptOffer(offer_id=offer.offer_id))
+    return (await booth.expect(CallStarted)).session_id
 
 
 # --------------------------------------------------------------------------------------
@@ -234,13 +245,9 @@ async def test_a_late_announcement_of_an_older_connection_does_not_close_the_new
             await redis.xadd(events, cast(Any, stale))
 
             await booth.expect_none(ErrorMessage, within=1.0)
-            await booth.send(RequestHelp(request_id="r-late", department="shimin", language="ja"))
-            offer = await staff.expect(Offer)
-            assert offer.request_id == "r-late"
-            await staff.send(AcceptOffer(offer_id=offer.offer_id))
-            started = await booth.expect(CallStarted)
-            await booth.send(HangUp(session_id=started.session_id))
-            assert (await booth.expect(SessionEnded)).session_id == started.session_id
+            session_id = await _call(booth, staff, "r-late")
+            await booth.send(HangUp(session_id=session_id))
+            assert (await booth.expect(SessionEnded)).session_id == session_id
 
             # The leftover connection is what the leader closed: a close for it went to
             # node c's stream.
@@ -413,13 +420,10 @@ async def test_another_node_leads_within_seconds_after_the_leader_is_killed(
     ):
         await _available(staff)
         # The leader answers for the nodes: a call across them works before the kill.
-        await booth.send(RequestHelp(request_id="r-before", department="shimin", language="ja"))
-        offer = await staff.expect(Offer)
-        await staff.send(AcceptOffer(offer_id=offer.offer_id))
-        started = await booth.expect(CallStarted)
-        await booth.send(HangUp(session_id=started.session_id))
+        session_id = await _call(booth, staff, "r-before")
+        await booth.send(HangUp(session_id=session_id))
         await booth.expect(SessionEnded)
-        await staff.send(WrapUpDone(session_id=started.session_id, note=""))
+        await staff.send(WrapUpDone(session_id=session_id, note=""))
         await staff.expect(StaffStateChanged)
         # The new leader takes over from what is stored (a match is stored before the
         # clients hear of it); the note is written with the next batch: kill the leader
@@ -429,7 +433,7 @@ async def test_another_node_leads_within_seconds_after_the_leader_is_killed(
 
             async def written() -> bool:
                 async with sessions() as db:
-                    row = await db.get(CallSession, started.session_id)
+                    row = await db.get(CallSession, session_id)
                     request = await db.get(HelpRequest, "r-before")
                     return bool(row and row.note == "" and request and request.status == "matched")
 
@@ -493,11 +497,8 @@ async def test_a_wrap_up_in_progress_when_the_leader_is_killed_is_kept(
         connect_booth(others[1].ws_url, "seiseki-1", BOOTH_CREDENTIALS["seiseki-1"]) as booth,
     ):
         await _available(staff)
-        await booth.send(RequestHelp(request_id="r-wrap", department="shimin", language="ja"))
-        offer = await staff.expect(Offer)
-        await staff.send(AcceptOffer(offer_id=offer.offer_id))
-        started = await booth.expect(CallStarted)
-        await booth.send(HangUp(session_id=started.session_id))
+        session_id = await _call(booth, staff, "r-wrap")
+        await booth.send(HangUp(session_id=session_id))
         await booth.expect(SessionEnded)
         while (await staff.expect(StaffStateChanged)).state is not StaffState.WRAP_UP:
             pass
@@ -506,17 +507,17 @@ async def test_a_wrap_up_in_progress_when_the_leader_is_killed_is_kept(
 
             async def closed() -> bool:
                 async with sessions() as db:
-                    row = await db.get(CallSession, started.session_id)
+                    row = await db.get(CallSession, session_id)
                     return bool(row and row.ended_at is not None)
 
             await eventually(closed)
         await cluster.kill(leader)
 
         welcome = await staff.expect(StaffWelcome, within=10)
-        assert (welcome.state, welcome.session_id) == (StaffState.WRAP_UP, started.session_id)
+        assert (welcome.state, welcome.session_id) == (StaffState.WRAP_UP, session_id)
         await staff.send(SetState(state="available"))
         assert (await staff.expect_error()).code is ErrorCode.OUT_OF_ORDER
-        await staff.send(WrapUpDone(session_id=started.session_id, note="転出届の期限を案内"))
+        await staff.send(WrapUpDone(session_id=session_id, note="転出届の期限を案内"))
         while (await staff.expect(StaffStateChanged)).state is not StaffState.AVAILABLE:
             pass
 
@@ -525,7 +526,7 @@ async def test_a_wrap_up_in_progress_when_the_leader_is_killed_is_kept(
 
         async def noted() -> bool:
             async with sessions() as db:
-                row = await db.get(CallSession, started.session_id)
+                row = await db.get(CallSession, session_id)
                 return bool(row and row.note == "転出届の期限を案内")
 
         await eventually(noted)

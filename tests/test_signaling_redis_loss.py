@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -36,7 +36,7 @@ from shared.protocol import (
 from shared.store import CallSession, HelpRequest, session_factory
 from tests.cluster_support import Cluster, running_cluster, token
 from tests.postgres_support import postgres_server, postgres_url
-from tests.redis_support import RedisServer
+from tests.redis_support import RedisServer, own_redis_server
 from tests.signaling_support import (
     BOOTH_CREDENTIALS,
     StaffClient,
@@ -47,26 +47,18 @@ from tests.signaling_support import (
     prepare_database,
 )
 
-__all__ = ["postgres_server", "postgres_url"]  # fixtures
+__all__ = ["own_redis_server", "postgres_server", "postgres_url"]  # fixtures
 
 REDIS_DOWN_S = 3.0
 BACK_WITHIN_S = 10.0
 
 
 @pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, postgres_url: str, redis: RedisServer) -> AsyncIterator[Cluster]:
+async def cluster(
+    tmp_path: Path, postgres_url: str, own_redis_server: RedisServer
+) -> AsyncIterator[Cluster]:
     await prepare_database(postgres_url)
-    async with running_cluster(tmp_path, postgres_url, redis.url) as running:
+    async with running_cluster(tmp_path, postgres_url, own_redis_server.url) as running:
         yield running
 
 
@@ -84,7 +76,9 @@ async def _until_state(staff: StaffClient, state: StaffState, within: float = 5.
         pass
 
 
-async def test_a_call_goes_on_through_a_redis_restart(cluster: Cluster, redis: RedisServer) -> None:
+async def test_a_call_goes_on_through_a_redis_restart(
+    cluster: Cluster, own_redis_server: RedisServer
+) -> None:
     leader = await cluster.leader()
     others = [n for n in cluster.nodes.values() if n is not leader]
     seiseki = ("seiseki-1", BOOTH_CREDENTIALS["seiseki-1"])
@@ -104,7 +98,7 @@ async def test_a_call_goes_on_through_a_redis_restart(cluster: Cluster, redis: R
         await waiting.send(RequestHelp(request_id="r-wait", department="shimin", language="ja"))
         assert (await waiting.expect(QueueStatus)).request_id == "r-wait"
 
-        redis.halt()
+        own_redis_server.halt()
         stopped_at = time.monotonic()
         # Sent while Redis is away: kept by the node and passed on when it is back.
         sdp = SdpPayload(sdp_type="offer", sdp="v=0\r\n" + "a=x\r\n" * 100, generation=1)
@@ -119,7 +113,7 @@ async def test_a_call_goes_on_through_a_redis_restart(cluster: Cluster, redis: R
         metrics = await _metrics(others[1].port)
         assert "ekichika_signaling_cluster_redis_up 0.0" in metrics
         assert "ekichika_signaling_cluster_events_queued 0.0" not in metrics
-        redis.start()
+        own_redis_server.start()
         back_at = time.monotonic()
 
         relayed = await staff.expect(Relay, within=BACK_WITHIN_S)

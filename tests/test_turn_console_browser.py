@@ -11,12 +11,10 @@ coturn, and video flows both ways along it.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-import pytest
 from playwright.async_api import Playwright
 
 from booth.call import CallState
@@ -28,6 +26,7 @@ from tests.test_console_browser import (
     _resident_asks_for_help,
     _sign_in_hq,
     _start_taking_calls,
+    browser_marks,
     eventually,
     running_system,
 )
@@ -35,10 +34,7 @@ from tests.test_console_browser import playwright as playwright
 from tests.turn_support import CoturnServer
 from tests.turn_support import loopback_coturn as loopback_coturn
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Debian chromium"),
-]
+pytestmark = browser_marks  # a browser test, skipped without Debian's chromium
 
 _SELECTED_LOCAL = """async () => {
     const pc = window.ekichika.pc;
