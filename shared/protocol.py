@@ -434,6 +434,15 @@ class StaffStateChanged(Model):
     reason: ShortText | None = None  # e.g. "missed 3 offers in a row"
 
 
+class ServiceNotice(Model):
+    """Several signaling nodes: the node this staff member is connected to cannot reach
+    the others (Redis) — ``degraded``: calls go on, what they send is handled once it is
+    back; ``ok``: it is back."""
+
+    type: Literal["service"] = "service"
+    state: Literal["degraded", "ok"]
+
+
 class QueueSnapshot(Model):
     """The waiting requests this staff member could take (their skills), oldest first."""
 
@@ -477,6 +486,7 @@ ServerToStaff = Annotated[
     | Relay
     | SessionEnded
     | BoothsSnapshot
+    | ServiceNotice
     | ErrorMessage,
     Field(discriminator="type"),
 ]

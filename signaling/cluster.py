@@ -72,6 +72,7 @@ from shared.protocol import (
     Offer,
     Relay,
     RequestHelp,
+    ServiceNotice,
     SetState,
     StaffInfo,
     StaffRole,
@@ -112,6 +113,7 @@ STOP_TASK_WAIT_S: Final = 3.0  # on stop, for each of the node's tasks to end
 # peer, and passed on when the connection is known.
 HELD_RELAY_S: Final = 10.0
 HELD_RELAYS_MAX: Final = 32
+DEGRADED_AFTER_S: Final = 1.0  # Redis away this long: staff are told (ServiceNotice)
 # The streams a node reads: frames for it (trimmed to about so many batches, and gone once
 # nobody has written to them for so long: a node id no longer used), and the new epochs.
 NODE_STREAM_MAX: Final = 10_000
@@ -295,6 +297,7 @@ class ClusterNode:
         self._sending = Outage(self.log, "sending events to Redis")
         self._reading = Outage(self.log, "reading from Redis")
         self._presence = Outage(self.log, "renewing the presence")
+        self._told_degraded = False  # staff connections were told Redis is away
         server.store.on_fenced = self._fenced
 
     # ------------------------------------------------------------------ lifecycle
@@ -572,6 +575,29 @@ class ClusterNode:
                 outage.failed(err)
             else:
                 outage.ok()
+            self._tell_service()
+
+    def _tell_service(self) -> None:
+        """Tell this node's staff connections when Redis has been away for a second (what
+        they send waits for it) and when it is back."""
+        now = time.monotonic()
+        degraded = any(
+            o.since is not None and now - o.since >= DEGRADED_AFTER_S
+            for o in (self._sending, self._reading)
+        )
+        if degraded == self._told_degraded:
+            return
+        self._told_degraded = degraded
+        frame = encode(ServiceNotice(state="degraded" if degraded else "ok"))
+        staff = [c for side, _, c, _ in self._conns.values() if side is Side.STAFF]
+        (self.log.warning if degraded else self.log.info)(
+            "telling %d staff connections that Redis is %s",
+            len(staff),
+            "away" if degraded else "back",
+        )
+        for conn in staff:
+            if not conn.closing:
+                conn.send(frame)
 
     # ------------------------------------------------------------------ leadership
 

@@ -160,6 +160,10 @@ function onMessage(msg) {
   } else if (msg.type === "booths") {
     page.booths = msg.booths;
     renderBooths();
+  } else if (msg.type === "service") {
+    // The node cannot reach the others: the booth states shown may be behind.
+    $("service-notice").hidden = msg.state !== "degraded";
+    document.body.dataset.service = msg.state;
   } else if (msg.type === "error") {
     page.lastError = msg;
     errorBox.show(msg);

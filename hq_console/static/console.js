@@ -1093,6 +1093,12 @@ function onMessage(msg) {
     case "session_ended":
       onSessionEnded(msg);
       break;
+    case "service":
+      // The node cannot reach the others: what is sent now is handled once it is back.
+      $("service-notice").hidden = msg.state !== "degraded";
+      document.body.dataset.service = msg.state;
+      if (msg.state === "ok") showNotice("サーバー間の連絡が回復しました。", "info");
+      break;
     case "error":
       page.lastError = msg;
       errorBox.show(msg);
