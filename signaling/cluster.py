@@ -409,6 +409,8 @@ class ClusterNode:
             ).model_dump_json()
         self._conns[conn_id] = (side, peer_id, conn, joined)
         self._emit(EventKind.CONNECTED, side, peer_id, conn_id, joined)
+        if side is Side.STAFF and self._told_degraded:  # its welcome waits for Redis
+            conn.send(encode(ServiceNotice(state="degraded")))
         return conn_id
 
     def disconnected(self, side: Side, peer_id: str, conn_id: str) -> None:

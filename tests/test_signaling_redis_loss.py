@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -30,8 +31,10 @@ from shared.protocol import (
     ServiceNotice,
     SessionEnded,
     SetState,
+    StaffHello,
     StaffState,
     StaffStateChanged,
+    StaffWelcome,
     WrapUpDone,
 )
 from shared.store import CallSession, HelpRequest, session_factory
@@ -45,6 +48,7 @@ from tests.signaling_support import (
     connect_staff,
     eventually,
     open_engine,
+    open_staff,
     prepare_database,
 )
 
@@ -114,8 +118,12 @@ async def test_a_call_goes_on_through_a_redis_restart(
         metrics = await _metrics(others[1].port)
         assert "ekichika_signaling_cluster_redis_up 0.0" in metrics
         assert "ekichika_signaling_cluster_events_queued 0.0" not in metrics
-        # Staff on the nodes were told that what they send waits.
+        # Staff on the nodes were told that what they send waits, and so is a staff member
+        # who signs in meanwhile (their welcome comes from the leader, once Redis is back).
         assert (await staff.expect(ServiceNotice)).state == "degraded"
+        late = await open_staff(others[1].ws_url)
+        await late.send(StaffHello(token=token("suzuki")))
+        assert (await late.expect(ServiceNotice)).state == "degraded"
         own_redis_server.start()
         back_at = time.monotonic()
 
@@ -133,6 +141,14 @@ async def test_a_call_goes_on_through_a_redis_restart(
             f"relay sent {REDIS_DOWN_S:.0f} s before Redis came back arrived {through:.2f} s after"
         )
         assert (relayed.session_id, relayed.payload) == (session_id, sdp)
+        seen: dict[str, Any] = {}
+        while len(seen) < 2:  # its welcome and the all-clear, in any order
+            message = await late.receive(within=BACK_WITHIN_S)
+            if isinstance(message, StaffWelcome | ServiceNotice):
+                seen[message.type] = message
+        assert seen["welcome"].staff.staff_id == "suzuki"
+        assert seen["service"].state == "ok"
+        await late.aclose()
         ice = IcePayload(candidate="candidate:1 1 udp 1 127.0.0.1 5000 typ host", sdp_mid="0")
         await staff.send(Relay(session_id=session_id, payload=ice))
         assert (await booth.expect(Relay, within=BACK_WITHIN_S)).payload == ice
