@@ -25,7 +25,7 @@ decoding, heartbeats), but the matching core runs on one node at a time, the lea
   (the node's batched store, on PostgreSQL). Relays pass the leader too (it checks the
   session) and are forwarded as their text. Each node reads its stream from its own
   cursor, so frames appended while its read was failing (Redis restarting, a dropped
-  connection) are read once it is back: nothing is lost between publish and subscribe.
+  connection) are read once it is back.
 * **Take-over.** A new leader loads the directory and the waiting requests (in their
   order) from PostgreSQL, resumes the sessions left open (same ids; both parties count as
   lost until they are back), reads the stream from where the last leader stopped (the
