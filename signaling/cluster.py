@@ -461,7 +461,8 @@ class ClusterNode:
                 await asyncio.sleep(self.config.leader_retry_s)
                 self._outbox_ready.set()
             else:
-                outage.ok(f" ({queued} queued events sent)")
+                if outage.since is not None:  # not on every send: only after an outage
+                    outage.ok(f" ({queued} queued events sent)")
 
     # ------------------------------------------------------------------ frames in
 
